@@ -1,0 +1,1 @@
+"""Project-wide building blocks: configuration, shared names, fast provider loading."""

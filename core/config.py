@@ -1,0 +1,387 @@
+"""The one validated, frozen configuration object, loaded at the edge (main.py).
+
+Constructs receive this object (or parts of it); none of them reads files or environment
+variables. Every validation error names the key and the fix; `load_config` collects them
+all, so a user fixes a file in one pass.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "default.yaml"
+CONFIG_ENV_VAR = "COMFYUI_EKS_CONFIG"
+
+_REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d$")
+_PROJECT = re.compile(r"^[a-z][a-z0-9-]{1,18}[a-z0-9]$")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
+_PREFIX = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*/$")
+_K8S_VERSION = re.compile(r"^1\.(2[89]|3[0-9])$")
+# GPU instance families this product's AMI (AL2023 NVIDIA) and device plugin support.
+GPU_FAMILIES = ("g4dn", "g5", "g6", "g6e", "gr6", "p4d", "p4de", "p5", "p5e", "p5en")
+# (x86_64 only: the ComfyUI image is built for linux/amd64, so Graviton g5g is excluded.)
+# Longest suffix appended to the project name in derived bucket names:
+# "<project>-outputs-<12-digit account>-<region>" and S3's 63-character limit.
+_LONGEST_REGION = 14  # e.g. ap-southeast-4
+
+
+class ConfigError(Exception):
+    """Bad configuration: `errors` holds one line per problem, each naming key and fix."""
+
+    def __init__(self, errors: list[str]):
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class NetworkConfig(_Model):
+    vpc_cidr: str = "10.42.0.0/16"
+    az_count: Annotated[int, Field(ge=2, le=6)] = 3
+    nat_mode: Literal["single", "per_az"] = "single"
+    # Who may reach the EKS API endpoint from the internet (it is IAM-authenticated either
+    # way); narrow it to your CI runners' and admins' ranges.
+    api_public_cidrs: tuple[str, ...] = ("0.0.0.0/0",)
+
+    @field_validator("api_public_cidrs", mode="before")
+    @classmethod
+    def _cidrs_tuple(cls, v: Any) -> Any:
+        return tuple(v) if isinstance(v, list) else v
+
+    @field_validator("api_public_cidrs")
+    @classmethod
+    def _public_cidrs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("empty; fix: list at least one CIDR that may reach the EKS API, e.g. 203.0.113.0/24")
+        for c in v:
+            try:
+                ipaddress.IPv4Network(c, strict=True)
+            except ValueError as exc:
+                raise ValueError(f"invalid IPv4 CIDR {c!r} ({exc}); fix: use a network address such as 203.0.113.0/24") from None
+        return v
+
+    @field_validator("vpc_cidr")
+    @classmethod
+    def _cidr(cls, v: str) -> str:
+        try:
+            net = ipaddress.IPv4Network(v, strict=True)
+        except ValueError as exc:
+            raise ValueError(f"invalid IPv4 CIDR {v!r} ({exc}); fix: use a network address such as 10.42.0.0/16") from None
+        if not 16 <= net.prefixlen <= 20:
+            raise ValueError(f"prefix /{net.prefixlen} is outside /16../20; fix: use a /16 to /20 so every AZ gets room for GPU nodes")
+        if not net.is_private:
+            raise ValueError(f"{v} is not a private (RFC 1918) range; fix: use e.g. 10.42.0.0/16")
+        return v
+
+
+class SystemNodesConfig(_Model):
+    instance_type: str = "m6i.large"
+    min_size: Annotated[int, Field(ge=1, le=20)] = 2
+    max_size: Annotated[int, Field(ge=1, le=20)] = 3
+    desired_size: Annotated[int, Field(ge=1, le=20)] = 2
+
+    @field_validator("instance_type")
+    @classmethod
+    def _type(cls, v: str) -> str:
+        if not _INSTANCE_TYPE.match(v):
+            raise ValueError(f"{v!r} is not an EC2 instance type; fix: use e.g. m6i.large")
+        return v
+
+    @model_validator(mode="after")
+    def _sizes(self) -> "SystemNodesConfig":
+        if not self.min_size <= self.desired_size <= self.max_size:
+            raise ValueError("need min_size <= desired_size <= max_size; fix: adjust the three sizes")
+        return self
+
+
+class GpuConfig(_Model):
+    instance_types: tuple[str, ...] = ("g6.xlarge", "g6.2xlarge", "g5.xlarge", "g5.2xlarge")
+    capacity_types: tuple[Literal["spot", "on-demand"], ...] = ("spot", "on-demand")
+    max_gpus: Annotated[int, Field(ge=1, le=1000)] = 8
+    root_volume_gib: Annotated[int, Field(ge=50, le=2000)] = 100
+    # Karpenter: how long an empty node lingers before it is removed.
+    consolidate_after: str = "10m"
+    # Karpenter: maximum node lifetime (fresh AMIs, no long-lived nodes).
+    expire_after: str = "720h"
+
+    @field_validator("instance_types", mode="before")
+    @classmethod
+    def _list_to_tuple(cls, v: Any) -> Any:
+        return tuple(v) if isinstance(v, list) else v
+
+    @field_validator("capacity_types", mode="before")
+    @classmethod
+    def _caps_to_tuple(cls, v: Any) -> Any:
+        return tuple(v) if isinstance(v, list) else v
+
+    @field_validator("instance_types")
+    @classmethod
+    def _gpu_types(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("empty; fix: list at least one GPU instance type, e.g. g6.xlarge")
+        for t in v:
+            family = t.split(".", 1)[0]
+            if not _INSTANCE_TYPE.match(t) or family not in GPU_FAMILIES:
+                raise ValueError(
+                    f"{t!r} is not a GPU instance type; fix: use types of the families {', '.join(GPU_FAMILIES)}"
+                )
+        if len(set(v)) != len(v):
+            raise ValueError("duplicate instance types; fix: list each type once")
+        return v
+
+    @field_validator("capacity_types")
+    @classmethod
+    def _caps(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError("must list 'spot' and/or 'on-demand' once each; fix: e.g. [spot, on-demand]")
+        return v
+
+    @field_validator("consolidate_after", "expire_after")
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        if not re.fullmatch(r"(\d+h)?(\d+m)?(\d+s)?", v) or not v or (v == "Never"):
+            raise ValueError(f"{v!r} is not a duration; fix: use Go duration syntax such as 10m or 720h")
+        return v
+
+
+class BucketsConfig(_Model):
+    models: str | None = None
+    inputs: str | None = None
+    outputs: str | None = None
+    access_logs: str | None = None
+    outputs_expiration_days: Annotated[int, Field(ge=1, le=3650)] = 30
+
+    @field_validator("models", "inputs", "outputs", "access_logs")
+    @classmethod
+    def _s3_safe(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not _BUCKET.match(v) or ".." in v or v.startswith("xn--") or re.fullmatch(r"[\d.]+", v):
+            raise ValueError(
+                f"{v!r} is not an S3-safe bucket name; fix: 3-63 characters of a-z, 0-9, '-' and '.', "
+                "starting and ending with a letter or digit (or remove the key to derive the name)"
+            )
+        return v
+
+
+class ModelSyncConfig(_Model):
+    # Only keys under these prefixes are models; other objects (notes, build artefacts)
+    # neither trigger a sync nor reach a node.
+    prefixes: tuple[str, ...] = (
+        "checkpoints/", "clip/", "clip_vision/", "controlnet/", "diffusion_models/", "embeddings/",
+        "loras/", "text_encoders/", "unet/", "upscale_models/", "vae/",
+    )
+    # SQS → Lambda batching window: a burst of uploads within it becomes one sync.
+    batching_window_seconds: Annotated[int, Field(ge=0, le=300)] = 60
+
+    @field_validator("prefixes", mode="before")
+    @classmethod
+    def _to_tuple(cls, v: Any) -> Any:
+        return tuple(v) if isinstance(v, list) else v
+
+    @field_validator("prefixes")
+    @classmethod
+    def _prefixes(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for p in v:
+            if not _PREFIX.match(p) or ".." in p.split("/"):
+                raise ValueError(f"{p!r} is not a folder prefix; fix: use letters, digits, '_', '.', '-' and end with '/', e.g. checkpoints/")
+        return v
+
+
+class ComfyUIConfig(_Model):
+    replicas: Annotated[int, Field(ge=0, le=100)] = 1
+    image_tag: str = "v0.3.0"
+    ecr_image_tag_mutability: Literal["IMMUTABLE", "MUTABLE"] = "IMMUTABLE"
+    ecr_keep_images: Annotated[int, Field(ge=1, le=1000)] = 20
+
+    @field_validator("image_tag")
+    @classmethod
+    def _tag(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", v) or v == "latest":
+            raise ValueError(f"{v!r} is not a pinned image tag; fix: use the tag docker/build_and_push.sh printed (not 'latest')")
+        return v
+
+
+class AuthConfig(_Model):
+    # internal: the ALB is internal (reachable from the VPC / VPN only), no auth on it.
+    # cognito: internet-facing HTTPS ALB with a Cognito user pool login.
+    # none: internet-facing without authentication; needs the acknowledgement below.
+    mode: Literal["internal", "cognito", "none"] = "internal"
+    domain: str | None = None
+    certificate_arn: str | None = None
+    acknowledge_public_unauthenticated: bool = False
+
+    @model_validator(mode="after")
+    def _rules(self) -> "AuthConfig":
+        if self.mode == "cognito" and (not self.domain or not self.certificate_arn):
+            raise ValueError("mode 'cognito' needs domain and certificate_arn; fix: set both, or use mode: internal")
+        if self.certificate_arn and not re.fullmatch(r"arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/[0-9a-f-]+", self.certificate_arn):
+            raise ValueError("certificate_arn is not an ACM certificate ARN; fix: copy it from the ACM console")
+        if self.mode == "none" and not self.acknowledge_public_unauthenticated:
+            raise ValueError(
+                "mode 'none' exposes ComfyUI to the internet without authentication; fix: use mode: internal or "
+                "cognito, or set acknowledge_public_unauthenticated: true if you really mean it"
+            )
+        return self
+
+
+class EdgeConfig(_Model):
+    cloudfront: bool = False
+    price_class: Literal["PriceClass_100", "PriceClass_200", "PriceClass_All"] = "PriceClass_100"
+
+
+class Config(_Model):
+    project: str
+    account_id: str
+    region: str
+    kubernetes_version: str = "1.34"
+    network: NetworkConfig = NetworkConfig()
+    system_nodes: SystemNodesConfig = SystemNodesConfig()
+    gpu: GpuConfig = GpuConfig()
+    buckets: BucketsConfig = BucketsConfig()
+    model_sync: ModelSyncConfig = ModelSyncConfig()
+    comfyui: ComfyUIConfig = ComfyUIConfig()
+    auth: AuthConfig = AuthConfig()
+    edge: EdgeConfig = EdgeConfig()
+    tags: dict[str, str] = {}
+
+    @field_validator("project")
+    @classmethod
+    def _project(cls, v: str) -> str:
+        if not _PROJECT.match(v) or "--" in v:
+            raise ValueError(
+                f"{v!r} is not a valid project name; fix: 3-20 characters of a-z, 0-9 and '-', starting with a "
+                "letter (it prefixes stack, cluster and bucket names)"
+            )
+        return v
+
+    @field_validator("account_id")
+    @classmethod
+    def _account(cls, v: str) -> str:
+        if not re.fullmatch(r"\d{12}", v):
+            raise ValueError(f"{v!r} is not an AWS account ID; fix: the 12 digits of `aws sts get-caller-identity`, quoted as a string")
+        return v
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, v: str) -> str:
+        if not _REGION.match(v) or len(v) > _LONGEST_REGION:
+            raise ValueError(f"{v!r} is not an AWS region; fix: use a region code such as us-west-2")
+        return v
+
+    @field_validator("kubernetes_version")
+    @classmethod
+    def _k8s(cls, v: str) -> str:
+        if not _K8S_VERSION.match(v):
+            raise ValueError(f"{v!r} is not a supported EKS Kubernetes version; fix: use e.g. \"1.34\" (quoted)")
+        return v
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, v: dict[str, str]) -> dict[str, str]:
+        for k in v:
+            if k.lower().startswith("aws:") or not 1 <= len(k) <= 128:
+                raise ValueError(f"tag key {k!r} is reserved or too long; fix: use 1-128 characters not starting with 'aws:'")
+        return v
+
+    @model_validator(mode="after")
+    def _cross(self) -> "Config":
+        if self.network.az_count > 1 and self.gpu.max_gpus < 1:
+            raise ValueError("gpu.max_gpus must be at least 1")
+        return self
+
+    # --- derived names (one place) -----------------------------------------------------
+    def _bucket(self, kind: str, explicit: str | None) -> str:
+        return explicit or f"{self.project}-{kind}-{self.account_id}-{self.region}"
+
+    @property
+    def partition(self) -> str:
+        if self.region.startswith("cn-"):
+            return "aws-cn"
+        if self.region.startswith("us-gov-"):
+            return "aws-us-gov"
+        return "aws"
+
+    @property
+    def cluster_name(self) -> str:
+        return self.project
+
+    @property
+    def models_bucket(self) -> str:
+        return self._bucket("models", self.buckets.models)
+
+    @property
+    def inputs_bucket(self) -> str:
+        return self._bucket("inputs", self.buckets.inputs)
+
+    @property
+    def outputs_bucket(self) -> str:
+        return self._bucket("outputs", self.buckets.outputs)
+
+    @property
+    def access_logs_bucket(self) -> str:
+        return self._bucket("s3logs", self.buckets.access_logs)
+
+    @property
+    def state_bucket(self) -> str:
+        return f"{self.project}-tfstate-{self.account_id}-{self.region}"
+
+    def stack_name(self, cycle: str) -> str:
+        return f"{self.project}-{cycle}"
+
+    @property
+    def public_endpoint(self) -> bool:
+        return self.auth.mode != "internal" or self.edge.cloudfront
+
+    @property
+    def unauthenticated_public(self) -> bool:
+        return self.auth.mode == "none"
+
+
+def _format(err: dict[str, Any]) -> str:
+    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    kind = err["type"]
+    msg = err["msg"]
+    if kind == "extra_forbidden":
+        return f"{loc}: unknown key; fix: remove it or check its spelling against config/default.yaml"
+    if kind == "missing":
+        return f"{loc}: required key is missing; fix: add it (see config/default.yaml)"
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    elif "fix:" not in msg:
+        msg = f"{msg}; fix: give a value of the right type (see config/default.yaml)"
+    return f"{loc}: {msg}"
+
+
+def parse_config(data: Any, *, source: str = "config") -> Config:
+    """Validate a mapping into the frozen Config, or raise ConfigError listing every problem."""
+    if not isinstance(data, dict):
+        raise ConfigError([f"{source}: the file must be a YAML mapping; fix: start from config/default.yaml"])
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([_format(e) for e in exc.errors()]) from None
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Read and validate a YAML config file (default: config/default.yaml)."""
+    file = Path(path) if path else DEFAULT_CONFIG
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{file}: cannot read ({exc.strerror}); fix: pass an existing file with --config"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{file.name}: not valid YAML ({exc}); fix: correct the syntax"]) from None
+    return parse_config(data, source=file.name)

@@ -1,0 +1,76 @@
+"""Names that cross components, defined once.
+
+Every value here is used by more than one of: the synthesized Terraform, the GPU node
+scripts (rendered with these values), the model-sync Lambda (through its environment),
+and the Kubernetes workload. Change a name here and every consumer follows.
+"""
+
+from __future__ import annotations
+
+# --- GPU node local model cache -------------------------------------------------------
+# Mount point of the NVMe instance store (RAID0 of all instance-store disks).
+NODE_CACHE_ROOT = "/mnt/comfyui-cache"
+# Models live in a sub-directory so that `aws s3 sync --delete` into it can never
+# delete the marker below (sync --delete removes every local file absent from S3).
+MODELS_PATH = f"{NODE_CACHE_ROOT}/models"
+# Written (atomically) once the models path has fully converged to the bucket at least
+# once. The ComfyUI pod's init container waits for it before ComfyUI starts.
+CACHE_MARKER_PATH = f"{NODE_CACHE_ROOT}/.models-cache-complete"
+# Touched by the model-sync SSM command; the sync service loops while it exists, so an
+# update that lands while a sync is already running is never lost.
+SYNC_REQUEST_FLAG = "/run/comfyui/model-sync.requested"
+# Installed on every GPU node by the user-data.
+SYNC_SCRIPT_PATH = "/usr/local/sbin/comfyui-model-sync"
+SYNC_SERVICE_NAME = "comfyui-model-sync.service"
+SYNC_TIMER_NAME = "comfyui-model-sync.timer"
+# Periodic reconcile, so a node that missed an SSM command still converges.
+SYNC_RECONCILE_INTERVAL = "15min"
+
+# --- Tags on GPU instances (set by the Karpenter EC2NodeClass) ------------------------
+# The model-sync Lambda targets instances by these tags when the command runs, and its
+# IAM policy only allows ssm:SendCommand on instances carrying the cluster tag.
+NODE_CLUSTER_TAG_KEY = "comfyui.io/cluster"
+NODE_ROLE_TAG_KEY = "comfyui.io/node-role"
+NODE_ROLE_GPU = "gpu"
+
+# --- Kubernetes ------------------------------------------------------------------------
+GPU_NODEPOOL_NAME = "gpu"
+GPU_NODECLASS_NAME = "gpu"
+GPU_TAINT_KEY = "nvidia.com/gpu"
+GPU_RESOURCE = "nvidia.com/gpu"
+COMFYUI_NAMESPACE = "comfyui"
+COMFYUI_SERVICE_ACCOUNT = "comfyui"
+COMFYUI_UID = 1000
+COMFYUI_GID = 1000
+COMFYUI_PORT = 8188
+KARPENTER_NAMESPACE = "kube-system"
+KARPENTER_SERVICE_ACCOUNT = "karpenter"
+
+# --- Edge ------------------------------------------------------------------------------
+# The ingress sets this tag on the ALB; the edge stack finds the ALB by it.
+ALB_TAG_KEY = "comfyui.io/alb"
+
+# --- Model sync ------------------------------------------------------------------------
+# Environment variable names shared by the Lambda's Terraform and its code.
+ENV_CLUSTER_NAME = "CLUSTER_NAME"
+ENV_SSM_DOCUMENT = "SSM_DOCUMENT_NAME"
+ENV_MODEL_PREFIXES = "MODEL_PREFIXES"
+ENV_NODE_CLUSTER_TAG_KEY = "NODE_CLUSTER_TAG_KEY"
+ENV_NODE_ROLE_TAG_KEY = "NODE_ROLE_TAG_KEY"
+ENV_NODE_ROLE_VALUE = "NODE_ROLE_VALUE"
+
+
+def script_variables(*, models_bucket: str, region: str) -> dict[str, str]:
+    """The variables the GPU node scripts read, in one place (rendered into user-data)."""
+    return {
+        "MODELS_BUCKET": models_bucket,
+        "AWS_REGION": region,
+        "NODE_CACHE_ROOT": NODE_CACHE_ROOT,
+        "MODELS_PATH": MODELS_PATH,
+        "CACHE_MARKER_PATH": CACHE_MARKER_PATH,
+        "SYNC_REQUEST_FLAG": SYNC_REQUEST_FLAG,
+        "SYNC_SCRIPT_PATH": SYNC_SCRIPT_PATH,
+        "SYNC_SERVICE_NAME": SYNC_SERVICE_NAME,
+        "SYNC_TIMER_NAME": SYNC_TIMER_NAME,
+        "SYNC_RECONCILE_INTERVAL": SYNC_RECONCILE_INTERVAL,
+    }

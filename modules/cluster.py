@@ -1,0 +1,112 @@
+"""EKS: API authentication mode with access entries, an AL2023 system node group, add-ons,
+control-plane logging and envelope encryption of Secrets."""
+
+from __future__ import annotations
+
+import json
+from typing import Sequence
+
+from cdktf import TerraformHclModule
+from constructs import Construct
+
+EKS_MODULE_SOURCE = "terraform-aws-modules/eks/aws"
+# v21.12+ needs aws >= 6.28, but the prebuilt bindings pin aws 6.25.0 exactly; v21.11.0
+# accepts >= 6.23. Pinned exactly (a range would let `init` pick an incompatible version).
+EKS_MODULE_VERSION = "21.11.0"
+
+CONTROL_PLANE_LOG_TYPES = ("api", "audit", "authenticator", "controllerManager", "scheduler")
+SYSTEM_NODE_LABEL = {"comfyui.io/node-role": "system"}
+# IMDSv2 only, and a hop limit of 1 so pods cannot reach the node's instance credentials
+# (every controller here gets its own credentials through EKS Pod Identity instead).
+NODE_METADATA_OPTIONS = {
+    "http_endpoint": "enabled",
+    "http_tokens": "required",
+    "http_put_response_hop_limit": 1,
+    "instance_metadata_tags": "disabled",
+}
+
+
+class Cluster(Construct):
+    def __init__(
+        self,
+        scope: Construct,
+        id_: str,
+        *,
+        name: str,
+        kubernetes_version: str,
+        vpc_id: str,
+        subnet_ids: Sequence[str],
+        system_instance_type: str,
+        system_min_size: int,
+        system_max_size: int,
+        system_desired_size: int,
+        public_access_cidrs: Sequence[str],
+    ) -> None:
+        super().__init__(scope, id_)
+        self.eks = TerraformHclModule(
+            self,
+            "eks",
+            source=EKS_MODULE_SOURCE,
+            version=EKS_MODULE_VERSION,
+            variables={
+                "name": name,
+                "kubernetes_version": kubernetes_version,
+                "vpc_id": vpc_id,
+                "subnet_ids": subnet_ids,
+                # The API stays reachable for `cdktf deploy` / CI (IAM-authenticated), restricted
+                # to the configured CIDRs; nodes talk to it privately.
+                "endpoint_public_access": True,
+                "endpoint_private_access": True,
+                "endpoint_public_access_cidrs": list(public_access_cidrs),
+                # Access entries only (no aws-auth ConfigMap).
+                "authentication_mode": "API",
+                "enable_cluster_creator_admin_permissions": True,
+                "enabled_log_types": list(CONTROL_PLANE_LOG_TYPES),
+                "cloudwatch_log_group_retention_in_days": 90,
+                # Envelope encryption of Kubernetes Secrets with a module-managed, rotated key.
+                "create_kms_key": True,
+                "enable_kms_key_rotation": True,
+                "encryption_config": {"resources": ["secrets"]},
+                "addons": {
+                    # before_compute: the CNI and Pod Identity agent exist before nodes join.
+                    "vpc-cni": {
+                        "before_compute": True,
+                        # Network policies are only enforced when the CNI's policy agent is on.
+                        "configuration_values": json.dumps({"enableNetworkPolicy": "true"}, sort_keys=True),
+                    },
+                    "eks-pod-identity-agent": {"before_compute": True},
+                    "kube-proxy": {},
+                    "coredns": {},
+                },
+                "eks_managed_node_groups": {
+                    "system": {
+                        "ami_type": "AL2023_x86_64_STANDARD",
+                        "instance_types": [system_instance_type],
+                        "min_size": system_min_size,
+                        "max_size": system_max_size,
+                        "desired_size": system_desired_size,
+                        "labels": dict(SYSTEM_NODE_LABEL),
+                        "metadata_options": dict(NODE_METADATA_OPTIONS),
+                        "block_device_mappings": {
+                            "xvda": {
+                                "device_name": "/dev/xvda",
+                                "ebs": {
+                                    "volume_size": 50,
+                                    "volume_type": "gp3",
+                                    "encrypted": True,
+                                    "delete_on_termination": True,
+                                },
+                            }
+                        },
+                    }
+                },
+                # Karpenter's EC2NodeClass selects the node security group by this tag.
+                "node_security_group_tags": {"karpenter.sh/discovery": name},
+            },
+        )
+        self.cluster_name = self.eks.get_string("cluster_name")
+        self.cluster_endpoint = self.eks.get_string("cluster_endpoint")
+        self.cluster_certificate_authority_data = self.eks.get_string("cluster_certificate_authority_data")
+        self.cluster_arn = self.eks.get_string("cluster_arn")
+        self.node_security_group_id = self.eks.get_string("node_security_group_id")
+        self.cluster_primary_security_group_id = self.eks.get_string("cluster_primary_security_group_id")

@@ -1,0 +1,71 @@
+"""Structured IAM policy documents (no hand-written JSON strings)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from constructs import Construct
+from cdktf_cdktf_provider_aws.data_aws_iam_policy_document import (
+    DataAwsIamPolicyDocument,
+    DataAwsIamPolicyDocumentStatement,
+    DataAwsIamPolicyDocumentStatementCondition,
+    DataAwsIamPolicyDocumentStatementPrincipals,
+)
+
+
+@dataclass(frozen=True)
+class Condition:
+    test: str
+    variable: str
+    values: Sequence[str]
+
+
+@dataclass(frozen=True)
+class Principal:
+    type: str
+    identifiers: Sequence[str]
+
+
+@dataclass(frozen=True)
+class Statement:
+    sid: str
+    actions: Sequence[str]
+    resources: Sequence[str] = ("*",)
+    effect: str = "Allow"
+    conditions: Sequence[Condition] = field(default_factory=tuple)
+    principals: Sequence[Principal] = field(default_factory=tuple)
+
+
+def policy_document(scope: Construct, id_: str, *statements: Statement) -> DataAwsIamPolicyDocument:
+    """A `aws_iam_policy_document` data source built from typed statements."""
+    rendered = [
+        DataAwsIamPolicyDocumentStatement(
+            sid=s.sid,
+            effect=s.effect,
+            actions=list(s.actions),
+            resources=list(s.resources) or None,
+            condition=[
+                DataAwsIamPolicyDocumentStatementCondition(test=c.test, variable=c.variable, values=list(c.values))
+                for c in s.conditions
+            ]
+            or None,
+            principals=[
+                DataAwsIamPolicyDocumentStatementPrincipals(type=p.type, identifiers=list(p.identifiers))
+                for p in s.principals
+            ]
+            or None,
+        )
+        for s in statements
+    ]
+    return DataAwsIamPolicyDocument(scope, id_, statement=rendered)
+
+
+def assume_role_policy(scope: Construct, id_: str, *, service: str, pod_identity: bool = False) -> DataAwsIamPolicyDocument:
+    """Trust policy for an AWS service principal (EKS Pod Identity needs sts:TagSession too)."""
+    actions = ["sts:AssumeRole", "sts:TagSession"] if pod_identity else ["sts:AssumeRole"]
+    return policy_document(
+        scope,
+        id_,
+        Statement(sid="Trust", actions=actions, resources=(), principals=(Principal(type="Service", identifiers=[service]),)),
+    )

@@ -1,0 +1,73 @@
+"""Terraform state: the bucket every other stack's S3 backend writes to."""
+
+from __future__ import annotations
+
+from constructs import Construct
+
+from modules.iam import Condition, Principal, Statement
+from modules.kms import EncryptionKey
+from modules.storage import SecureBucket
+
+
+def state_key_alias(project: str) -> str:
+    """Alias of the state KMS key: the S3 backends of the other stacks need it as a literal."""
+    return f"{project}-tfstate"
+
+
+class TerraformState(Construct):
+    """Versioned, KMS-encrypted, TLS-only state bucket with access logging.
+
+    Locking uses S3-native lock files (Terraform >= 1.10, `use_lockfile`), so no DynamoDB table.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        id_: str,
+        *,
+        bucket_name: str,
+        log_bucket_name: str,
+        project: str,
+        account_id: str,
+        partition: str,
+    ) -> None:
+        super().__init__(scope, id_)
+        key = EncryptionKey(
+            self,
+            "key",
+            alias=state_key_alias(project),
+            description=f"{project}: Terraform state encryption",
+            account_id=account_id,
+            partition=partition,
+        )
+        logs = SecureBucket(
+            self,
+            "access_logs",
+            bucket_name=log_bucket_name,
+            kms_key_arn=None,
+            versioned=False,
+            log_bucket=None,
+            expiration_days=365,
+            extra_statements=(
+                Statement(
+                    sid="S3ServerAccessLogs",
+                    actions=["s3:PutObject"],
+                    resources=[f"arn:{partition}:s3:::{log_bucket_name}/*"],
+                    principals=(Principal(type="Service", identifiers=["logging.s3.amazonaws.com"]),),
+                    conditions=(Condition(test="StringEquals", variable="aws:SourceAccount", values=[account_id]),),
+                ),
+            ),
+        )
+        state = SecureBucket(
+            self,
+            "bucket",
+            bucket_name=bucket_name,
+            kms_key_arn=key.key_arn,
+            versioned=True,
+            log_bucket=logs.bucket_id,
+            noncurrent_expiration_days=365,
+        )
+        self.state_bucket_name = bucket_name
+        self.state_bucket_arn = state.bucket_arn
+        self.state_kms_key_arn = key.key_arn
+        self.state_log_bucket_name = log_bucket_name

@@ -1,0 +1,148 @@
+"""S3 buckets with the security baseline every bucket of this product gets."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from constructs import Construct
+from cdktf_cdktf_provider_aws.s3_bucket import S3Bucket
+from cdktf_cdktf_provider_aws.s3_bucket_lifecycle_configuration import (
+    S3BucketLifecycleConfiguration,
+    S3BucketLifecycleConfigurationRule,
+    S3BucketLifecycleConfigurationRuleAbortIncompleteMultipartUpload,
+    S3BucketLifecycleConfigurationRuleExpiration,
+    S3BucketLifecycleConfigurationRuleFilter,
+    S3BucketLifecycleConfigurationRuleNoncurrentVersionExpiration,
+)
+from cdktf_cdktf_provider_aws.s3_bucket_logging import S3BucketLoggingA
+from cdktf_cdktf_provider_aws.s3_bucket_ownership_controls import (
+    S3BucketOwnershipControls,
+    S3BucketOwnershipControlsRule,
+)
+from cdktf_cdktf_provider_aws.s3_bucket_policy import S3BucketPolicy
+from cdktf_cdktf_provider_aws.s3_bucket_public_access_block import S3BucketPublicAccessBlock
+from cdktf_cdktf_provider_aws.s3_bucket_server_side_encryption_configuration import (
+    S3BucketServerSideEncryptionConfigurationA,
+    S3BucketServerSideEncryptionConfigurationRuleA,
+    S3BucketServerSideEncryptionConfigurationRuleApplyServerSideEncryptionByDefaultA,
+)
+from cdktf_cdktf_provider_aws.s3_bucket_versioning import (
+    S3BucketVersioningA,
+    S3BucketVersioningVersioningConfiguration,
+)
+
+from modules.iam import Condition, Principal, Statement, policy_document
+
+
+def _rule(rule_id: str, **kwargs) -> S3BucketLifecycleConfigurationRule:
+    # An empty filter applies the rule to every object (the provider requires a filter).
+    return S3BucketLifecycleConfigurationRule(
+        id=rule_id, status="Enabled", filter=[S3BucketLifecycleConfigurationRuleFilter()], **kwargs
+    )
+
+
+class SecureBucket(Construct):
+    """A bucket with: owner-enforced ACLs, public access blocked, default encryption,
+    a TLS-only policy, aborted multipart uploads cleaned up, optional versioning,
+    expiration and server access logging.
+
+    `kms_key_arn=None` means SSE-S3: required for the access-log bucket, because S3
+    server access logging cannot deliver into an SSE-KMS bucket.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        id_: str,
+        *,
+        bucket_name: str,
+        kms_key_arn: str | None,
+        versioned: bool,
+        log_bucket: str | None,
+        expiration_days: int | None = None,
+        noncurrent_expiration_days: int = 90,
+        extra_statements: Sequence[Statement] = (),
+    ) -> None:
+        super().__init__(scope, id_)
+        bucket = S3Bucket(self, "bucket", bucket=bucket_name)
+        S3BucketOwnershipControls(
+            self, "ownership", bucket=bucket.id, rule=S3BucketOwnershipControlsRule(object_ownership="BucketOwnerEnforced")
+        )
+        S3BucketPublicAccessBlock(
+            self,
+            "public_access_block",
+            bucket=bucket.id,
+            block_public_acls=True,
+            block_public_policy=True,
+            ignore_public_acls=True,
+            restrict_public_buckets=True,
+        )
+        if kms_key_arn:
+            default = S3BucketServerSideEncryptionConfigurationRuleApplyServerSideEncryptionByDefaultA(
+                sse_algorithm="aws:kms", kms_master_key_id=kms_key_arn
+            )
+        else:
+            default = S3BucketServerSideEncryptionConfigurationRuleApplyServerSideEncryptionByDefaultA(
+                sse_algorithm="AES256"
+            )
+        S3BucketServerSideEncryptionConfigurationA(
+            self,
+            "encryption",
+            bucket=bucket.id,
+            # Bucket keys cut KMS request costs by orders of magnitude for model reads.
+            rule=[
+                S3BucketServerSideEncryptionConfigurationRuleA(
+                    apply_server_side_encryption_by_default=default, bucket_key_enabled=bool(kms_key_arn)
+                )
+            ],
+        )
+        if versioned:
+            S3BucketVersioningA(
+                self,
+                "versioning",
+                bucket=bucket.id,
+                versioning_configuration=S3BucketVersioningVersioningConfiguration(status="Enabled"),
+            )
+        rules = [
+            _rule(
+                "abort-incomplete-multipart-uploads",
+                abort_incomplete_multipart_upload=[
+                    S3BucketLifecycleConfigurationRuleAbortIncompleteMultipartUpload(days_after_initiation=7)
+                ],
+            )
+        ]
+        if versioned:
+            rules.append(
+                _rule(
+                    "expire-noncurrent-versions",
+                    noncurrent_version_expiration=[
+                        S3BucketLifecycleConfigurationRuleNoncurrentVersionExpiration(
+                            noncurrent_days=noncurrent_expiration_days
+                        )
+                    ],
+                )
+            )
+        if expiration_days is not None:
+            rules.append(
+                _rule("expire-objects", expiration=[S3BucketLifecycleConfigurationRuleExpiration(days=expiration_days)])
+            )
+        S3BucketLifecycleConfiguration(self, "lifecycle", bucket=bucket.id, rule=rules)
+        if log_bucket:
+            S3BucketLoggingA(self, "logging", bucket=bucket.id, target_bucket=log_bucket, target_prefix=f"{bucket_name}/")
+        document = policy_document(
+            self,
+            "policy_document",
+            Statement(
+                sid="DenyInsecureTransport",
+                effect="Deny",
+                actions=["s3:*"],
+                resources=[bucket.arn, f"{bucket.arn}/*"],
+                principals=(Principal(type="*", identifiers=["*"]),),
+                conditions=(Condition(test="Bool", variable="aws:SecureTransport", values=["false"]),),
+            ),
+            *extra_statements,
+        )
+        S3BucketPolicy(self, "policy", bucket=bucket.id, policy=document.json)
+        self.bucket_id = bucket.id
+        self.bucket_arn = bucket.arn
+        self.bucket_name = bucket_name

@@ -1,0 +1,69 @@
+"""Build the cdktf App from a Config; synthesize it atomically; summarize the result."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from cdktf import App
+
+from core.config import Config
+from stacks.platform import PlatformStack
+from stacks.state import StateStack
+from stacks.workload import WorkloadStack
+
+
+def build_app(config: Config, *, outdir: str | os.PathLike[str]) -> App:
+    """Every stack, in deployment order: state → platform → workload (→ edge)."""
+    app = App(outdir=str(outdir))
+    StateStack(app, config=config)
+    platform = PlatformStack(app, config=config)
+    WorkloadStack(app, config=config, platform=platform)
+    return app
+
+
+def warnings_for(config: Config) -> list[str]:
+    warnings = []
+    if config.unauthenticated_public:
+        warnings.append(
+            "auth.mode is 'none': ComfyUI will be reachable from the internet WITHOUT authentication "
+            "(acknowledged by auth.acknowledge_public_unauthenticated)."
+        )
+    return warnings
+
+
+def synth_atomically(config: Config, *, outdir: Path) -> None:
+    """Synthesize into a sibling temporary directory and swap it in only when complete, so a
+    failure never leaves a half-written cdktf.out/ (and never deletes the previous one)."""
+    outdir = outdir.resolve()
+    tmp = outdir.with_name(f".{outdir.name}.tmp")
+    old = outdir.with_name(f".{outdir.name}.old")
+    for leftover in (tmp, old):
+        if leftover.exists():
+            shutil.rmtree(leftover)
+    app = build_app(config, outdir=tmp)
+    app.synth()
+    if outdir.exists():
+        outdir.rename(old)
+    tmp.rename(outdir)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def count_resources(stack_json: dict) -> int:
+    resources = stack_json.get("resource", {})
+    modules = stack_json.get("module", {})
+    return sum(len(v) for v in resources.values()) + len(modules)
+
+
+def summarize(outdir: Path) -> str:
+    manifest = json.loads((outdir / "manifest.json").read_text())
+    lines = [f"{'stack':<28} {'resources':>9}  terraform json"]
+    for name, stack in manifest["stacks"].items():
+        path = outdir / stack["synthesizedStackPath"]
+        data = json.loads(path.read_text())
+        lines.append(f"{name:<28} {count_resources(data):>9}  {path}")
+    lines.append("(resources = resources + module calls; deploy in this order)")
+    return "\n".join(lines)

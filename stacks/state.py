@@ -1,0 +1,32 @@
+"""<project>-state: the bootstrap. Deployed first, with a local state file."""
+
+from __future__ import annotations
+
+from cdktf import LocalBackend, TerraformOutput
+from constructs import Construct
+
+from core.config import Config
+from modules.state import TerraformState
+from stacks.base import ProjectStack
+
+
+class StateStack(ProjectStack):
+    cycle = "state"
+
+    def __init__(self, scope: Construct, *, config: Config) -> None:
+        super().__init__(scope, config=config, remote_state=False)
+        # Relative to cdktf.out/stacks/<stack>/, i.e. the repository root: the path stays out
+        # of the synthesized JSON's machine-specific parts and survives re-synthesis (which
+        # rewrites cdktf.out/). Keep this file safe, or migrate it into the bucket afterwards.
+        LocalBackend(self, path=f"../../../{config.stack_name(self.cycle)}.tfstate")
+        state = TerraformState(
+            self,
+            "state",
+            bucket_name=config.state_bucket,
+            log_bucket_name=f"{config.project}-tfstate-logs-{config.account_id}-{config.region}",
+            project=config.project,
+            account_id=config.account_id,
+            partition=config.partition,
+        )
+        TerraformOutput(self, "state_bucket_name", value=state.state_bucket_name)
+        TerraformOutput(self, "state_kms_key_arn", value=state.state_kms_key_arn)

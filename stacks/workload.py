@@ -1,0 +1,50 @@
+"""<project>-workload: the Kubernetes side (Helm charts, Karpenter pools, ComfyUI).
+
+Its helm and kubernetes providers are configured from the platform stack's outputs through
+cdktf cross-stack references (rendered as terraform_remote_state on the platform's S3 state)
+and authenticate with short-lived `aws eks get-token` credentials, never a stored kubeconfig.
+"""
+
+from __future__ import annotations
+
+from cdktf import Fn
+from constructs import Construct
+from cdktf_cdktf_provider_helm.provider import HelmProvider, HelmProviderKubernetes, HelmProviderKubernetesExec
+from cdktf_cdktf_provider_kubernetes.provider import KubernetesProvider, KubernetesProviderExec
+
+from core.config import Config
+from stacks.base import ProjectStack
+from stacks.platform import PlatformStack
+
+
+def eks_token_exec(*, cluster_name: str, region: str) -> dict:
+    return {
+        "api_version": "client.authentication.k8s.io/v1beta1",
+        "command": "aws",
+        "args": ["eks", "get-token", "--cluster-name", cluster_name, "--region", region, "--output", "json"],
+    }
+
+
+class WorkloadStack(ProjectStack):
+    cycle = "workload"
+
+    def __init__(self, scope: Construct, *, config: Config, platform: PlatformStack) -> None:
+        super().__init__(scope, config=config)
+        self.add_dependency(platform)
+        cluster = platform.cluster
+        ca = Fn.base64decode(cluster.cluster_certificate_authority_data)
+        auth = eks_token_exec(cluster_name=cluster.cluster_name, region=config.region)
+        self.kubernetes = KubernetesProvider(
+            self,
+            "kubernetes",
+            host=cluster.cluster_endpoint,
+            cluster_ca_certificate=ca,
+            exec=[KubernetesProviderExec(**auth)],
+        )
+        self.helm = HelmProvider(
+            self,
+            "helm",
+            kubernetes=HelmProviderKubernetes(
+                host=cluster.cluster_endpoint, cluster_ca_certificate=ca, exec=HelmProviderKubernetesExec(**auth)
+            ),
+        )

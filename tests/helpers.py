@@ -1,0 +1,37 @@
+"""Small helpers shared by the tests (imported, not fixtures)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require(condition: bool, why: str) -> None:
+    """Skip locally when a prerequisite is missing; under CI=true the same gap fails the run."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"required in CI: {why}")
+    pytest.skip(why)
+
+
+def shared_file(*parts: str) -> Path:
+    """A file from ../shared (present in CI, maybe absent in a user's clone)."""
+    path = SHARED.joinpath(*parts)
+    require(path.exists(), f"{path.relative_to(REPO.parent)} is absent (../shared is only in the dev workspace)")
+    return path
+
+
+def tool(name: str) -> str:
+    """Path of a command-line tool installed into the test environment."""
+    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+    require(found is not None, f"{name} is not installed (scripts/test.sh installs it)")
+    return str(found)
