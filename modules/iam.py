@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -59,6 +60,30 @@ def policy_document(scope: Construct, id_: str, *statements: Statement) -> DataA
         for s in statements
     ]
     return DataAwsIamPolicyDocument(scope, id_, statement=rendered)
+
+
+def policy_json(*statements: Statement) -> str:
+    """The same typed statements rendered as a literal policy JSON string, for documents
+    whose ARNs are all known at synth time. Used for KMS key policies: there `Resource: "*"`
+    means "this key", which generic IAM scanners misread when the document is an
+    aws_iam_policy_document data source."""
+    rendered = []
+    for s in statements:
+        block: dict = {"Sid": s.sid, "Effect": s.effect, "Action": list(s.actions)}
+        if s.resources:
+            block["Resource"] = list(s.resources)
+        if s.principals:
+            principals: dict[str, list[str]] = {}
+            for p in s.principals:
+                principals.setdefault(p.type, []).extend(p.identifiers)
+            block["Principal"] = principals
+        if s.conditions:
+            conditions: dict[str, dict[str, list[str]]] = {}
+            for c in s.conditions:
+                conditions.setdefault(c.test, {})[c.variable] = list(c.values)
+            block["Condition"] = conditions
+        rendered.append(block)
+    return json.dumps({"Version": "2012-10-17", "Statement": rendered}, sort_keys=True)
 
 
 def assume_role_policy(scope: Construct, id_: str, *, service: str, pod_identity: bool = False) -> DataAwsIamPolicyDocument:

@@ -8,7 +8,7 @@ from constructs import Construct
 from cdktf_cdktf_provider_aws.kms_alias import KmsAlias
 from cdktf_cdktf_provider_aws.kms_key import KmsKey
 
-from modules.iam import Principal, Statement, policy_document
+from modules.iam import Principal, Statement, policy_json
 
 
 class EncryptionKey(Construct):
@@ -42,14 +42,13 @@ class EncryptionKey(Construct):
                     principals=(Principal(type="Service", identifiers=list(service_principals)),),
                 )
             )
-        document = policy_document(self, "policy", *statements)
         key = KmsKey(
             self,
             "key",
             description=description,
             enable_key_rotation=True,
             deletion_window_in_days=30,
-            policy=document.json,
+            policy=policy_json(*statements),
         )
         KmsAlias(self, "alias", name=f"alias/{alias}", target_key_id=key.key_id)
         self.key_arn = key.arn

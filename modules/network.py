@@ -51,8 +51,12 @@ class Network(Construct):
             self,
             "azs",
             state="available",
-            # Local Zones and Wavelength Zones have no GPU capacity and break subnet plans.
-            filter=[DataAwsAvailabilityZonesFilter(name="opt-in-status", values=["opt-in-not-required"])],
+            filter=[
+                # A closed allowlist of zone names (never Local/Wavelength Zones, and a zone
+                # AWS adds later cannot silently change the subnet plan), then the first N.
+                DataAwsAvailabilityZonesFilter(name="zone-name", values=[f"{region}{letter}" for letter in "abcdef"]),
+                DataAwsAvailabilityZonesFilter(name="opt-in-status", values=["opt-in-not-required"]),
+            ],
         )
         private, public = subnet_plan(vpc_cidr, az_count)
         self.vpc = TerraformHclModule(

@@ -45,7 +45,7 @@ class TerraformState(Construct):
             "access_logs",
             bucket_name=log_bucket_name,
             kms_key_arn=None,
-            versioned=False,
+            versioned=True,
             log_bucket=None,
             expiration_days=365,
             extra_statements=(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -73,3 +74,66 @@ def aws_cli_env(moto_server, tmp_path):
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     )
     return env
+
+
+# --- synthesis, once per session --------------------------------------------------------
+
+DEFAULT_VARIANT = "default"
+# Extra configurations synthesized once per session, for code paths the default leaves off.
+VARIANTS: dict[str, dict] = {
+    "edge-cognito": {
+        "auth": {
+            "mode": "cognito",
+            "domain": "comfy.example.com",
+            "certificate_arn": "arn:aws:acm:us-west-2:111122223333:certificate/0123abcd-0000-4000-8000-000000000000",
+        },
+        "edge": {"cloudfront": True},
+        "network": {"nat_mode": "per_az", "az_count": 2},
+    },
+}
+
+
+def variant_config(name: str):
+    import yaml
+
+    from core.config import DEFAULT_CONFIG, parse_config
+
+    data = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    for key, value in VARIANTS.get(name, {}).items():
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+    return parse_config(data)
+
+
+class Synth:
+    """The synthesized Terraform JSON of every stack of one configuration."""
+
+    def __init__(self, config, outdir: Path):
+        from stacks.app import build_app
+
+        self.config = config
+        self.outdir = outdir
+        build_app(config, outdir=outdir).synth()
+        manifest = json.loads((outdir / "manifest.json").read_text())
+        self.paths = {name: outdir / s["synthesizedStackPath"] for name, s in manifest["stacks"].items()}
+        self.stacks = {name: json.loads(p.read_text()) for name, p in self.paths.items()}
+
+    def stack(self, cycle: str) -> dict:
+        return self.stacks[self.config.stack_name(cycle)]
+
+    def resources(self, cycle: str, rtype: str) -> dict:
+        return self.stack(cycle).get("resource", {}).get(rtype, {})
+
+
+@pytest.fixture(scope="session")
+def synth(tmp_path_factory) -> Synth:
+    from core.config import load_config
+
+    return Synth(load_config(), tmp_path_factory.mktemp("synth-default"))
+
+
+@pytest.fixture(scope="session")
+def synth_variants(tmp_path_factory, synth) -> dict[str, Synth]:
+    out = {DEFAULT_VARIANT: synth}
+    for name in VARIANTS:
+        out[name] = Synth(variant_config(name), tmp_path_factory.mktemp(f"synth-{name}"))
+    return out

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs (once) and run it.
+#   scripts/test.sh [pytest args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/_env.sh
+source scripts/_env.sh
+ensure_node
+ensure_pipenv
+"$PIPENV" sync --dev >/dev/null
+# checkov pins boto3 1.35 and packaging<24, which conflict with this project's pins: it
+# lives in its own virtualenv and the tests call its binary.
+if [ ! -x .venv-checkov/bin/checkov ]; then
+  python3 -m venv .venv-checkov
+  .venv-checkov/bin/pip install --quiet "checkov==${CHECKOV_VERSION}"
+fi
+export CHECKOV_BIN="$PWD/.venv-checkov/bin/checkov"
+exec "$PIPENV" run pytest "$@"
