@@ -23,7 +23,8 @@ _REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d$")
 _PROJECT = re.compile(r"^[a-z][a-z0-9-]{1,18}[a-z0-9]$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
-_PREFIX = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*/$")
+# One top-level folder of the models bucket (the node maps it to <models path>/<folder>).
+_PREFIX = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*/$")
 _K8S_VERSION = re.compile(r"^1\.(2[89]|3[0-9])$")
 # GPU instance families this product's AMI (AL2023 NVIDIA) and device plugin support.
 GPU_FAMILIES = ("g4dn", "g5", "g6", "g6e", "gr6", "p4d", "p4de", "p5", "p5e", "p5en")
@@ -181,7 +182,7 @@ class ModelSyncConfig(_Model):
         "checkpoints/", "clip/", "clip_vision/", "controlnet/", "diffusion_models/", "embeddings/",
         "loras/", "text_encoders/", "unet/", "upscale_models/", "vae/",
     )
-    # SQS → Lambda batching window: a burst of uploads within it becomes one sync.
+    # SQS -> Lambda batching window: a burst of uploads within it becomes one sync.
     batching_window_seconds: Annotated[int, Field(ge=0, le=300)] = 60
 
     @field_validator("prefixes", mode="before")
@@ -194,7 +195,7 @@ class ModelSyncConfig(_Model):
     def _prefixes(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         for p in v:
             if not _PREFIX.match(p) or ".." in p.split("/"):
-                raise ValueError(f"{p!r} is not a folder prefix; fix: use letters, digits, '_', '.', '-' and end with '/', e.g. checkpoints/")
+                raise ValueError(f"{p!r} is not a top-level folder prefix; fix: use letters, digits, '_', '.', '-' and end with '/', e.g. checkpoints/")
         return v
 
 

@@ -7,6 +7,10 @@ from constructs import Construct
 
 from core.config import Config
 from modules.cluster import Cluster
+from modules.ecr import ImageRepository
+from modules.karpenter import KarpenterAws
+from modules.model_store import ModelStore
+from modules.model_sync import ModelSync
 from modules.network import Network
 from stacks.base import ProjectStack
 
@@ -39,6 +43,52 @@ class PlatformStack(ProjectStack):
             system_desired_size=config.system_nodes.desired_size,
             public_access_cidrs=config.network.api_public_cidrs,
         )
+        self.store = ModelStore(
+            self,
+            "model_store",
+            project=config.project,
+            cluster_name=self.cluster.cluster_name,
+            account_id=config.account_id,
+            region=config.region,
+            partition=config.partition,
+            models_bucket=config.models_bucket,
+            inputs_bucket=config.inputs_bucket,
+            outputs_bucket=config.outputs_bucket,
+            access_logs_bucket=config.access_logs_bucket,
+            outputs_expiration_days=config.buckets.outputs_expiration_days,
+        )
+        self.karpenter = KarpenterAws(
+            self,
+            "karpenter",
+            cluster_name=self.cluster.cluster_name,
+            node_role_name=f"{config.project}-gpu-node",
+            models_read_policy_arn=self.store.models_read_policy.arn,
+            partition=config.partition,
+        )
+        self.model_sync = ModelSync(
+            self,
+            "model_sync",
+            project=config.project,
+            cluster_name=config.cluster_name,
+            account_id=config.account_id,
+            region=config.region,
+            partition=config.partition,
+            models_bucket_id=self.store.models.bucket_id,
+            models_bucket_arn=self.store.models_bucket_arn,
+            kms_key_arn=self.store.data_key_arn,
+            model_prefixes=config.model_sync.prefixes,
+            batching_window_seconds=config.model_sync.batching_window_seconds,
+        )
+        self.images = ImageRepository(
+            self,
+            "images",
+            name=f"{config.project}/comfyui",
+            kms_key_arn=self.store.data_key_arn,
+            tag_mutability=config.comfyui.ecr_image_tag_mutability,
+            keep_images=config.comfyui.ecr_keep_images,
+        )
         TerraformOutput(self, "vpc_id", value=self.network.vpc_id)
+        TerraformOutput(self, "models_bucket_name", value=config.models_bucket)
+        TerraformOutput(self, "ecr_repository_url", value=self.images.repository_url)
         TerraformOutput(self, "cluster_name", value=self.cluster.cluster_name)
         TerraformOutput(self, "cluster_endpoint", value=self.cluster.cluster_endpoint)

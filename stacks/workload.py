@@ -13,6 +13,7 @@ from cdktf_cdktf_provider_helm.provider import HelmProvider, HelmProviderKuberne
 from cdktf_cdktf_provider_kubernetes.provider import KubernetesProvider, KubernetesProviderExec
 
 from core.config import Config
+from modules.karpenter import KarpenterCluster, gpu_node_class, gpu_node_pool
 from stacks.base import ProjectStack
 from stacks.platform import PlatformStack
 
@@ -46,5 +47,27 @@ class WorkloadStack(ProjectStack):
             "helm",
             kubernetes=HelmProviderKubernetes(
                 host=cluster.cluster_endpoint, cluster_ca_certificate=ca, exec=HelmProviderKubernetesExec(**auth)
+            ),
+        )
+        self.karpenter = KarpenterCluster(
+            self,
+            "karpenter",
+            cluster_name=cluster.cluster_name,
+            cluster_endpoint=cluster.cluster_endpoint,
+            queue_name=platform.karpenter.karpenter_queue_name,
+            node_class=gpu_node_class(
+                cluster_name=config.cluster_name,
+                node_role_name=platform.karpenter.karpenter_node_role_name,
+                models_bucket=config.models_bucket,
+                region=config.region,
+                model_prefixes=config.model_sync.prefixes,
+                root_volume_gib=config.gpu.root_volume_gib,
+            ),
+            node_pool=gpu_node_pool(
+                instance_types=config.gpu.instance_types,
+                capacity_types=config.gpu.capacity_types,
+                max_gpus=config.gpu.max_gpus,
+                consolidate_after=config.gpu.consolidate_after,
+                expire_after=config.gpu.expire_after,
             ),
         )

@@ -148,7 +148,7 @@ def test_torch_pinned_to_the_base_image_cuda():
     assert args["TORCH_CUDA_TAG"] == f"cu{cuda.group(1)}{cuda.group(2)}", (
         "the torch wheel CUDA version must match the base image's CUDA version"
     )
-    assert args["TORCH_INDEX_URL"].endswith("/${TORCH_CUDA_TAG}")
+    assert args["TORCH_INDEX_URL"].endswith("/" + args["TORCH_CUDA_TAG"])
     torch_runs = [r for r in runs() if "--index-url" in r]
     assert len(torch_runs) == 1
     for pin in (

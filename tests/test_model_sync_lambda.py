@@ -91,8 +91,8 @@ def run_node(cluster: str | None = CLUSTER, role: str | None = names.NODE_ROLE_G
     kwargs = {}
     if tags:
         kwargs["TagSpecifications"] = [{"ResourceType": "instance", "Tags": tags}]
-    image = ec2.describe_images()["Images"][0]["ImageId"]
-    out = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, InstanceType="g6e.xlarge", **kwargs)
+    # A fixed AMI id: moto does not check it, and describe_images costs seconds per call.
+    out = ec2.run_instances(ImageId="ami-12345678", MinCount=1, MaxCount=1, InstanceType="g6e.xlarge", **kwargs)
     return out["Instances"][0]["InstanceId"]
 
 
@@ -155,6 +155,78 @@ def record_send_command(calls: list[dict]) -> None:
         calls.append(dict(params))
 
     handler.client("ssm").meta.events.register("provide-client-params.ssm.SendCommand", recorder)
+
+
+# --- AWS faked at the HTTP layer ------------------------------------------------------
+#
+# Used where no AWS call may happen at all, and for throttling/failures. moto executes an
+# operation inside botocore's `before-send` event and every handler of that event runs, so
+# a throttle simulated beside moto would still create the command. These tests therefore
+# answer `before-send` themselves (botocore's public event API): each attempt of an
+# operation gets the next scripted response, and botocore's real retry machinery (adaptive
+# mode) decides what to do with it.
+
+class _Body:
+    def __init__(self, data: bytes):
+        self._data = data
+
+    def stream(self, **_):
+        yield self._data
+
+    def read(self):
+        return self._data
+
+
+DESCRIBE_ONE_NODE = (
+    200,
+    b'<DescribeInstancesResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">'
+    b"<requestId>r</requestId><reservationSet><item><reservationId>r-1</reservationId>"
+    b"<instancesSet><item><instanceId>i-0123456789abcdef0</instanceId></item></instancesSet>"
+    b"</item></reservationSet></DescribeInstancesResponse>",
+)
+SEND_OK = (200, json.dumps({"Command": {"CommandId": "cmd-fake-1"}}).encode())
+
+
+def json_error(code: str, status: int = 400) -> tuple[int, bytes]:
+    return status, json.dumps({"__type": code, "message": "simulated"}).encode()
+
+
+def ec2_error(code: str, status: int = 403) -> tuple[int, bytes]:
+    return status, (f"<Response><Errors><Error><Code>{code}</Code><Message>simulated</Message>"
+                    "</Error></Errors><RequestID>r</RequestID></Response>").encode()
+
+
+class FakeAws:
+    """Scripted HTTP responses per operation; the last one repeats. Records every attempt."""
+
+    def __init__(self, scripts: dict[str, list[tuple[int, bytes]]]):
+        self.scripts = scripts
+        self.attempts: dict[str, int] = {}
+
+    def __call__(self, request, event_name, **_):
+        operation = event_name.rsplit(".", 1)[-1]
+        n = self.attempts.get(operation, 0)
+        self.attempts[operation] = n + 1
+        script = self.scripts[operation]
+        status, payload = script[min(n, len(script) - 1)]
+        content_type = "text/xml" if payload.startswith(b"<") else "application/x-amz-json-1.1"
+        return AWSResponse(request.url, status, {"x-amzn-RequestId": "r", "Content-Type": content_type},
+                           _Body(payload))
+
+
+@pytest.fixture
+def fake_aws(env, monkeypatch):
+    """Install a FakeAws on the handler's (real, adaptive) clients; no moto, no network:
+    the endpoint is a closed local port that the fake always answers for."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+
+    def install(**scripts):
+        fake = FakeAws(scripts)
+        handler.client("ec2").meta.events.register("before-send.ec2", fake)
+        handler.client("ssm").meta.events.register("before-send.ssm", fake)
+        return fake
+
+    return install
 
 
 # --- the Lambda package stands alone --------------------------------------------------
@@ -459,8 +531,8 @@ def test_no_running_gpu_node_no_command(aws, fleet, caplog):
     assert "no running GPU node" in caplog.text
 
 
-def test_irrelevant_changes_send_nothing(aws):
-    run_node()
+def test_irrelevant_changes_send_nothing(fake_aws):
+    fake = fake_aws(DescribeInstances=[DESCRIBE_ONE_NODE], SendCommand=[SEND_OK])
     event = sqs_event(
         body(s3_record("notes/readme.txt"), s3_record("build/x.tar", "ObjectRemoved:Delete")),
         json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent"}),
@@ -468,7 +540,7 @@ def test_irrelevant_changes_send_nothing(aws):
     )
     out = handler.handler(event, None)
     assert out["relevant"] == 0 and out["command_id"] is None and out["nodes"] is None
-    assert list_commands() == []
+    assert fake.attempts == {}
 
 
 def test_empty_prefixes_make_every_key_count(aws, monkeypatch):
@@ -479,12 +551,12 @@ def test_empty_prefixes_make_every_key_count(aws, monkeypatch):
 
 
 @pytest.mark.parametrize("event", MALFORMED_EVENTS.values(), ids=MALFORMED_EVENTS.keys())
-def test_handler_survives_malformed_events(aws, event, caplog):
-    run_node()
+def test_handler_survives_malformed_events(fake_aws, event, caplog):
+    fake = fake_aws(DescribeInstances=[DESCRIBE_ONE_NODE], SendCommand=[SEND_OK])
     out = handler.handler(event, None)
     assert out["relevant"] == 0 and out["command_id"] is None
     assert out["skipped"] >= 1
-    assert list_commands() == []
+    assert fake.attempts == {}  # no AWS call at all
     assert "skipped malformed input" in caplog.text
 
 
@@ -505,10 +577,12 @@ def test_many_messages_one_command(aws):
     assert len(list_commands()) == 1
 
 
-def test_missing_config_raises(aws, monkeypatch):
+def test_missing_config_raises(fake_aws, monkeypatch):
+    fake = fake_aws(DescribeInstances=[DESCRIBE_ONE_NODE], SendCommand=[SEND_OK])
     monkeypatch.delenv(names.ENV_SSM_DOCUMENT)
     with pytest.raises(logic.ConfigError):
         handler.handler(sqs_event(body(s3_record("checkpoints/a"))), None)
+    assert fake.attempts == {}
 
 
 HOSTILE = [
@@ -657,34 +731,6 @@ def test_real_burst_of_uploads_is_one_command(aws):
 
 # --- retries, throttling, failures ----------------------------------------------------
 
-class _Body:
-    def __init__(self, data: bytes):
-        self._data = data
-
-    def stream(self, **_):
-        yield self._data
-
-    def read(self):
-        return self._data
-
-
-def fail_sends(client, operation: str, code: str, times: int, status: int = 400) -> list[int]:
-    """Make the next `times` HTTP attempts of `operation` fail with `code` (before the wire,
-    after botocore's retry machinery, so retries really happen)."""
-    attempts: list[int] = []
-
-    def hook(request, **_):
-        attempts.append(1)
-        if len(attempts) <= times:
-            payload = json.dumps({"__type": code, "message": "simulated"}).encode()
-            return AWSResponse(request.url, status, {"x-amzn-RequestId": "sim",
-                                                     "Content-Type": "application/x-amz-json-1.1"}, _Body(payload))
-        return None
-
-    client.meta.events.register(f"before-send.{client.meta.service_model.endpoint_prefix}.{operation}", hook)
-    return attempts
-
-
 @pytest.fixture
 def no_backoff_sleep(monkeypatch):
     """Record botocore's retry backoff and adaptive rate-limit waits instead of sleeping."""
@@ -702,58 +748,61 @@ def no_backoff_sleep(monkeypatch):
     return waits
 
 
-def test_clients_are_lazy_and_adaptive(aws):
+def test_clients_are_lazy_and_adaptive(env):
     handler.reset_clients()
     assert handler._CLIENTS == {}
     ssm = handler.client("ssm")
     assert handler.client("ssm") is ssm  # cached
-    # botocore stores max_attempts (retries) as total attempts = 1 + 10
+    # botocore stores max_attempts (retries after the first call) as total attempts = 1 + 10
     assert ssm.meta.config.retries == {"mode": "adaptive", "total_max_attempts": 11}
     assert handler.client("ec2").meta.config.retries == {"mode": "adaptive", "total_max_attempts": 11}
+    assert set(handler._CLIENTS) == {"ssm", "ec2"}
 
 
-def test_throttled_send_command_is_retried(aws, no_backoff_sleep):
-    run_node()
-    attempts = fail_sends(handler.client("ssm"), "SendCommand", "ThrottlingException", times=4)
+def test_fake_aws_happy_path(fake_aws, no_backoff_sleep):
+    fake = fake_aws(DescribeInstances=[DESCRIBE_ONE_NODE], SendCommand=[SEND_OK])
     out = handler.handler(sqs_event(body(s3_record("checkpoints/a"))), None)
-    assert out["command_id"]
-    assert len(attempts) == 5
-    assert len(list_commands()) == 1
+    assert out["nodes"] == 1 and out["command_id"] == "cmd-fake-1"
+    assert fake.attempts == {"DescribeInstances": 1, "SendCommand": 1}
+    assert no_backoff_sleep == {"backoff": [], "rate_limit": []}
+
+
+def test_throttled_send_command_is_retried(fake_aws, no_backoff_sleep):
+    throttled = json_error("ThrottlingException")
+    fake = fake_aws(DescribeInstances=[DESCRIBE_ONE_NODE], SendCommand=[throttled] * 4 + [SEND_OK])
+    out = handler.handler(sqs_event(body(s3_record("checkpoints/a"))), None)
+    assert out["command_id"] == "cmd-fake-1"
+    assert fake.attempts["SendCommand"] == 5  # 4 throttled, then the one command
     assert len(no_backoff_sleep["backoff"]) == 4  # exponential backoff between attempts
-    assert no_backoff_sleep["rate_limit"], "adaptive mode rate-limits the client after throttling"
+    assert no_backoff_sleep["rate_limit"], "adaptive mode slows the client down after throttling"
 
 
-def test_throttling_that_never_ends_raises_for_redelivery(aws, no_backoff_sleep):
-    run_node()
-    attempts = fail_sends(handler.client("ssm"), "SendCommand", "ThrottlingException", times=1000)
+def test_throttled_describe_instances_is_retried(fake_aws, no_backoff_sleep):
+    fake = fake_aws(DescribeInstances=[ec2_error("RequestLimitExceeded", 503)] * 2 + [DESCRIBE_ONE_NODE],
+                    SendCommand=[SEND_OK])
+    out = handler.handler(sqs_event(body(s3_record("checkpoints/a"))), None)
+    assert out["command_id"] == "cmd-fake-1"
+    assert fake.attempts == {"DescribeInstances": 3, "SendCommand": 1}
+
+
+def test_throttling_that_never_ends_raises_for_redelivery(fake_aws, no_backoff_sleep):
+    fake = fake_aws(DescribeInstances=[DESCRIBE_ONE_NODE], SendCommand=[json_error("ThrottlingException")])
     with pytest.raises(ClientError, match="ThrottlingException"):
         handler.handler(sqs_event(body(s3_record("checkpoints/a"))), None)
-    assert len(attempts) == 11
-    assert list_commands() == []
+    assert fake.attempts["SendCommand"] == 11  # max_attempts=10 retries, then SQS redelivers
 
 
-@pytest.mark.parametrize(("operation", "code"), [
-    ("SendCommand", "AccessDeniedException"),
-    ("SendCommand", "InvalidDocument"),
-    ("DescribeInstances", "UnauthorizedOperation"),
+@pytest.mark.parametrize(("operation", "error"), [
+    ("SendCommand", json_error("AccessDeniedException")),
+    ("SendCommand", json_error("InvalidDocument")),
+    ("SendCommand", json_error("InvalidTarget")),
+    ("DescribeInstances", ec2_error("UnauthorizedOperation")),
 ])
-def test_non_retryable_failure_raises_at_once(aws, no_backoff_sleep, operation, code):
-    run_node()
-    service = "ssm" if operation == "SendCommand" else "ec2"
-    if service == "ec2":
-        # EC2 speaks the query protocol: its error body is XML.
-        attempts: list[int] = []
-
-        def hook(request, **_):
-            attempts.append(1)
-            xml = (f"<Response><Errors><Error><Code>{code}</Code><Message>simulated</Message>"
-                   "</Error></Errors><RequestID>sim</RequestID></Response>").encode()
-            return AWSResponse(request.url, 403, {}, _Body(xml))
-
-        handler.client("ec2").meta.events.register(f"before-send.ec2.{operation}", hook)
-    else:
-        attempts = fail_sends(handler.client(service), operation, code, times=1000)
-    with pytest.raises(ClientError, match=code):
+def test_non_retryable_failure_raises_at_once(fake_aws, no_backoff_sleep, operation, error):
+    scripts = {"DescribeInstances": [DESCRIBE_ONE_NODE], "SendCommand": [SEND_OK]}
+    scripts[operation] = [error]
+    fake = fake_aws(**scripts)
+    with pytest.raises(ClientError):
         handler.handler(sqs_event(body(s3_record("checkpoints/a"))), None)
-    assert len(attempts) == 1
-    assert list_commands() == []
+    assert fake.attempts[operation] == 1
+    assert no_backoff_sleep["backoff"] == []

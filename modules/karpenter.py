@@ -1,0 +1,235 @@
+"""Karpenter: AWS side (controller/node IAM, interruption queue) in the platform stack;
+the chart, the GPU NodePool/EC2NodeClass and the NVIDIA device plugin in the workload stack."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from cdktf import AssetType, TerraformAsset, TerraformHclModule
+from constructs import Construct
+from cdktf_cdktf_provider_helm.release import Release
+
+from core import names
+from modules.cluster import NODE_METADATA_OPTIONS, SYSTEM_NODE_LABEL
+from modules.gpu_user_data import escape_terraform, render_gpu_user_data
+from modules.helm import chart_values, to_yaml
+
+KARPENTER_MODULE_SOURCE = "terraform-aws-modules/eks/aws//modules/karpenter"
+KARPENTER_MODULE_VERSION = "21.11.0"
+# The submodule v21.11.0 grants every IAM action Karpenter's own v1.8.8 CloudFormation
+# policy lists (1.8 added iam:ListInstanceProfiles, which it has); v1.12+ needs
+# ec2:DescribePlacementGroups, which it lacks. The CRD schemas in tests are v1.8.8 too.
+KARPENTER_CHART_REPOSITORY = "oci://public.ecr.aws/karpenter"
+KARPENTER_CHART_VERSION = "1.8.8"
+NVIDIA_DEVICE_PLUGIN_REPOSITORY = "https://nvidia.github.io/k8s-device-plugin"
+NVIDIA_DEVICE_PLUGIN_VERSION = "0.18.1"
+MANIFESTS_CHART = Path(__file__).resolve().parent.parent / "charts" / "manifests"
+GPU_NODE_LABEL = {names.NODE_ROLE_TAG_KEY: names.NODE_ROLE_GPU}
+
+
+class KarpenterAws(Construct):
+    """Controller role (EKS Pod Identity), interruption queue + EventBridge rules, node role
+    with SSM (the model-sync command) and read-only access to the models bucket, and the
+    node access entry."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        id_: str,
+        *,
+        cluster_name: str,
+        node_role_name: str,
+        models_read_policy_arn: str,
+        partition: str,
+    ) -> None:
+        super().__init__(scope, id_)
+        self.module = TerraformHclModule(
+            self,
+            "karpenter",
+            source=KARPENTER_MODULE_SOURCE,
+            version=KARPENTER_MODULE_VERSION,
+            variables={
+                "cluster_name": cluster_name,
+                "namespace": names.KARPENTER_NAMESPACE,
+                "service_account": names.KARPENTER_SERVICE_ACCOUNT,
+                "create_pod_identity_association": True,
+                "enable_spot_termination": True,
+                "node_iam_role_use_name_prefix": False,
+                "node_iam_role_name": node_role_name,
+                "node_iam_role_additional_policies": {
+                    # The model-sync Lambda reaches nodes through SSM Run Command.
+                    "AmazonSSMManagedInstanceCore": f"arn:{partition}:iam::aws:policy/AmazonSSMManagedInstanceCore",
+                    "ModelsRead": models_read_policy_arn,
+                },
+            },
+        )
+        self.karpenter_node_role_name = self.module.get_string("node_iam_role_name")
+        self.karpenter_queue_name = self.module.get_string("queue_name")
+        self.karpenter_controller_role_arn = self.module.get_string("iam_role_arn")
+
+
+def karpenter_values(*, cluster_name: str, cluster_endpoint: str, queue_name: str) -> dict[str, Any]:
+    return chart_values(
+        "karpenter",
+        {
+            "settings": {"clusterName": cluster_name, "clusterEndpoint": cluster_endpoint, "interruptionQueue": queue_name},
+            "serviceAccount": {"name": names.KARPENTER_SERVICE_ACCOUNT},
+            "nodeSelector": dict(SYSTEM_NODE_LABEL),
+        },
+    )
+
+
+def gpu_node_class(
+    *,
+    cluster_name: str,
+    node_role_name: str,
+    models_bucket: str,
+    region: str,
+    model_prefixes: Sequence[str],
+    root_volume_gib: int,
+    ami_alias: str = "al2023@latest",
+) -> dict[str, Any]:
+    """EC2NodeClass for the GPU pool. `userData` is returned plain (not Terraform-escaped)."""
+    return {
+        "apiVersion": "karpenter.k8s.aws/v1",
+        "kind": "EC2NodeClass",
+        "metadata": {"name": names.GPU_NODECLASS_NAME},
+        "spec": {
+            # The AL2023 alias resolves to the NVIDIA variant of the EKS AMI for GPU types.
+            "amiSelectorTerms": [{"alias": ami_alias}],
+            "role": node_role_name,
+            # Discovery tags set by the network and cluster constructs (never name globs).
+            "subnetSelectorTerms": [{"tags": {"karpenter.sh/discovery": cluster_name}}],
+            "securityGroupSelectorTerms": [{"tags": {"karpenter.sh/discovery": cluster_name}}],
+            "metadataOptions": {
+                "httpEndpoint": NODE_METADATA_OPTIONS["http_endpoint"],
+                "httpProtocolIPv6": "disabled",
+                "httpPutResponseHopLimit": NODE_METADATA_OPTIONS["http_put_response_hop_limit"],
+                "httpTokens": NODE_METADATA_OPTIONS["http_tokens"],
+            },
+            "blockDeviceMappings": [
+                {
+                    "deviceName": "/dev/xvda",
+                    "ebs": {
+                        "volumeSize": f"{root_volume_gib}Gi",
+                        "volumeType": "gp3",
+                        "encrypted": True,
+                        "deleteOnTermination": True,
+                    },
+                }
+            ],
+            # The instance store is ours (model cache RAID0), so no instanceStorePolicy.
+            "userData": render_gpu_user_data(
+                models_bucket=models_bucket, region=region, model_prefixes=tuple(model_prefixes)
+            ),
+            "tags": {
+                names.NODE_CLUSTER_TAG_KEY: cluster_name,
+                names.NODE_ROLE_TAG_KEY: names.NODE_ROLE_GPU,
+                "Name": f"{cluster_name}-gpu",
+            },
+        },
+    }
+
+
+def gpu_node_pool(
+    *,
+    instance_types: Sequence[str],
+    capacity_types: Sequence[str],
+    max_gpus: int,
+    consolidate_after: str,
+    expire_after: str,
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "karpenter.sh/v1",
+        "kind": "NodePool",
+        "metadata": {"name": names.GPU_NODEPOOL_NAME},
+        "spec": {
+            "template": {
+                "metadata": {"labels": dict(GPU_NODE_LABEL)},
+                "spec": {
+                    "nodeClassRef": {"group": "karpenter.k8s.aws", "kind": "EC2NodeClass", "name": names.GPU_NODECLASS_NAME},
+                    "requirements": [
+                        {"key": "node.kubernetes.io/instance-type", "operator": "In", "values": list(instance_types)},
+                        # Spot first when allowed: Karpenter prefers the cheapest offering.
+                        {"key": "karpenter.sh/capacity-type", "operator": "In", "values": list(capacity_types)},
+                        {"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]},
+                        {"key": "kubernetes.io/os", "operator": "In", "values": ["linux"]},
+                    ],
+                    # Only pods that tolerate the GPU taint (ComfyUI, GPU daemonsets) land here.
+                    "taints": [{"key": names.GPU_TAINT_KEY, "value": "true", "effect": "NoSchedule"}],
+                    "expireAfter": expire_after,
+                    # Upper bound for draining an expiring node: a running generation may finish.
+                    "terminationGracePeriod": "1h",
+                },
+            },
+            "limits": {names.GPU_RESOURCE: str(max_gpus)},
+            "disruption": {
+                # WhenEmpty: consolidation removes only nodes without workload pods, so it never
+                # interrupts a running generation (ComfyUI pods also carry
+                # karpenter.sh/do-not-disrupt). An empty node lingers `consolidateAfter`.
+                "consolidationPolicy": "WhenEmpty",
+                "consolidateAfter": consolidate_after,
+                "budgets": [{"nodes": "10%"}],
+            },
+        },
+    }
+
+
+class KarpenterCluster(Construct):
+    """The chart, then (explicit ordering, same stack) the GPU NodePool/EC2NodeClass, then
+    the NVIDIA device plugin.
+
+    Why a helm_release of a local chart for the NodePool/EC2NodeClass rather than
+    kubernetes_manifest: kubernetes_manifest needs the CRDs on the API server at *plan*
+    time, so a first deploy (chart and pools in one plan) fails. A helm_release is only
+    rendered at apply, after `depends_on` has installed the Karpenter chart and its CRDs.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        id_: str,
+        *,
+        cluster_name: str,
+        cluster_endpoint: str,
+        queue_name: str,
+        node_class: dict[str, Any],
+        node_pool: dict[str, Any],
+    ) -> None:
+        super().__init__(scope, id_)
+        self.karpenter = Release(
+            self,
+            "karpenter",
+            name="karpenter",
+            namespace=names.KARPENTER_NAMESPACE,
+            repository=KARPENTER_CHART_REPOSITORY,
+            chart="karpenter",
+            version=KARPENTER_CHART_VERSION,
+            values=[to_yaml(karpenter_values(cluster_name=cluster_name, cluster_endpoint=cluster_endpoint, queue_name=queue_name))],
+            wait=True,
+            atomic=True,
+            cleanup_on_fail=True,
+        )
+        chart = TerraformAsset(self, "manifests_chart", path=str(MANIFESTS_CHART), type=AssetType.DIRECTORY)
+        escaped_class = {**node_class, "spec": {**node_class["spec"], "userData": escape_terraform(node_class["spec"]["userData"])}}
+        self.gpu_pool = Release(
+            self,
+            "gpu_pool",
+            name="gpu-nodepool",
+            namespace=names.KARPENTER_NAMESPACE,
+            chart=chart.path,
+            values=[to_yaml({"manifests": [escaped_class, node_pool]})],
+            depends_on=[self.karpenter],
+            wait=True,
+        )
+        self.device_plugin = Release(
+            self,
+            "nvidia_device_plugin",
+            name="nvidia-device-plugin",
+            namespace=names.KARPENTER_NAMESPACE,
+            repository=NVIDIA_DEVICE_PLUGIN_REPOSITORY,
+            chart="nvidia-device-plugin",
+            version=NVIDIA_DEVICE_PLUGIN_VERSION,
+            values=[to_yaml(chart_values("nvidia-device-plugin"))],
+        )

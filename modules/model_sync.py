@@ -1,0 +1,234 @@
+"""Model sync: S3 events on the models bucket -> SQS (batched) -> Lambda -> one SSM Run
+Command to this cluster's GPU nodes, selected by tag when the command runs.
+
+The command a node runs is fixed in an SSM document owned by this stack: it carries no S3
+key and takes no parameters. It only asks the node's sync service to converge the local
+cache to the bucket (additions, replacements, deletions); the service loops while requests
+keep arriving, so an update during a running sync is never lost.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import Sequence
+
+from cdktf import AssetType, TerraformAsset
+from constructs import Construct
+from cdktf_cdktf_provider_aws.cloudwatch_log_group import CloudwatchLogGroup
+from cdktf_cdktf_provider_aws.iam_role import IamRole
+from cdktf_cdktf_provider_aws.iam_role_policy import IamRolePolicy
+from cdktf_cdktf_provider_aws.lambda_event_source_mapping import (
+    LambdaEventSourceMapping,
+    LambdaEventSourceMappingScalingConfig,
+)
+from cdktf_cdktf_provider_aws.lambda_function import (
+    LambdaFunction,
+    LambdaFunctionEnvironment,
+    LambdaFunctionTracingConfig,
+)
+from cdktf_cdktf_provider_aws.s3_bucket_notification import S3BucketNotification, S3BucketNotificationQueue
+from cdktf_cdktf_provider_aws.sqs_queue import SqsQueue
+from cdktf_cdktf_provider_aws.sqs_queue_policy import SqsQueuePolicy
+from cdktf_cdktf_provider_aws.ssm_document import SsmDocument
+
+from core import names
+from modules.iam import Condition, Principal, Statement, assume_role_policy, policy_document
+from modules.lambda_package import build_zip
+
+LAMBDA_SOURCE = Path(__file__).resolve().parent.parent / "lambda_src" / "model_sync"
+LAMBDA_TIMEOUT_SECONDS = 60
+# A failing batch is retried this many times before it lands in the dead-letter queue.
+MAX_RECEIVE_COUNT = 5
+
+
+def node_sync_commands() -> list[str]:
+    """What a node runs on a sync request: no S3 key, no parameter, quoted paths."""
+    flag = names.SYNC_REQUEST_FLAG
+    return [
+        "set -eu",
+        f"install -d -m 0755 {shlex.quote(str(Path(flag).parent))}",
+        f"touch {shlex.quote(flag)}",
+        f"systemctl start --no-block {shlex.quote(names.SYNC_SERVICE_NAME)}",
+    ]
+
+
+def ssm_document_content() -> str:
+    return json.dumps(
+        {
+            "schemaVersion": "2.2",
+            "description": "Converge the ComfyUI model cache on this node to the models bucket",
+            "mainSteps": [
+                {
+                    "action": "aws:runShellScript",
+                    "name": "requestModelSync",
+                    "inputs": {"runCommand": node_sync_commands(), "timeoutSeconds": "60"},
+                }
+            ],
+        },
+        sort_keys=True,
+    )
+
+
+class ModelSync(Construct):
+    def __init__(
+        self,
+        scope: Construct,
+        id_: str,
+        *,
+        project: str,
+        cluster_name: str,
+        account_id: str,
+        region: str,
+        partition: str,
+        models_bucket_id: str,
+        models_bucket_arn: str,
+        kms_key_arn: str,
+        model_prefixes: Sequence[str],
+        batching_window_seconds: int,
+    ) -> None:
+        super().__init__(scope, id_)
+        name = f"{project}-model-sync"
+        document = SsmDocument(
+            self, "document", name=name, document_type="Command", document_format="JSON", content=ssm_document_content()
+        )
+        dlq = SqsQueue(
+            self,
+            "dlq",
+            name=f"{name}-dlq",
+            kms_master_key_id=kms_key_arn,
+            kms_data_key_reuse_period_seconds=3600,
+            message_retention_seconds=14 * 24 * 3600,
+        )
+        queue = SqsQueue(
+            self,
+            "queue",
+            name=name,
+            kms_master_key_id=kms_key_arn,
+            kms_data_key_reuse_period_seconds=3600,
+            # AWS guidance: at least 6x the function timeout, so in-flight batches are not redelivered.
+            visibility_timeout_seconds=6 * LAMBDA_TIMEOUT_SECONDS,
+            message_retention_seconds=4 * 24 * 3600,
+            redrive_policy=json.dumps({"deadLetterTargetArn": dlq.arn, "maxReceiveCount": MAX_RECEIVE_COUNT}),
+        )
+        queue_policy = policy_document(
+            self,
+            "queue_policy_document",
+            Statement(
+                sid="S3ModelEvents",
+                actions=["sqs:SendMessage"],
+                resources=[queue.arn],
+                principals=(Principal(type="Service", identifiers=["s3.amazonaws.com"]),),
+                conditions=(
+                    Condition(test="ArnEquals", variable="aws:SourceArn", values=[models_bucket_arn]),
+                    Condition(test="StringEquals", variable="aws:SourceAccount", values=[account_id]),
+                ),
+            ),
+            Statement(
+                sid="DenyInsecureTransport",
+                effect="Deny",
+                actions=["sqs:*"],
+                resources=[queue.arn],
+                principals=(Principal(type="*", identifiers=["*"]),),
+                conditions=(Condition(test="Bool", variable="aws:SecureTransport", values=["false"]),),
+            ),
+        )
+        policy = SqsQueuePolicy(self, "queue_policy", queue_url=queue.url, policy=queue_policy.json)
+        # Only model folders notify (non-overlapping prefixes may share one queue); the
+        # Lambda filters again, so a notification configured by hand cannot widen it.
+        S3BucketNotification(
+            self,
+            "notification",
+            bucket=models_bucket_id,
+            queue=[
+                S3BucketNotificationQueue(
+                    id=f"models-{prefix.rstrip('/')}",
+                    queue_arn=queue.arn,
+                    events=["s3:ObjectCreated:*", "s3:ObjectRemoved:*"],
+                    filter_prefix=prefix,
+                )
+                for prefix in model_prefixes
+            ],
+            depends_on=[policy],
+        )
+
+        log_group = CloudwatchLogGroup(
+            self, "logs", name=f"/aws/lambda/{name}", retention_in_days=365, kms_key_id=kms_key_arn
+        )
+        permissions = policy_document(
+            self,
+            "function_policy_document",
+            Statement(sid="WriteLogs", actions=["logs:CreateLogStream", "logs:PutLogEvents"], resources=[f"{log_group.arn}:*"]),
+            Statement(
+                sid="ConsumeQueue",
+                actions=["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"],
+                resources=[queue.arn],
+            ),
+            Statement(sid="DecryptQueueAndEnvironment", actions=["kms:Decrypt"], resources=[kms_key_arn]),
+            # DescribeInstances has no resource-level permissions: it only counts GPU nodes.
+            Statement(sid="FindGpuNodes", actions=["ec2:DescribeInstances"], resources=["*"]),
+            Statement(
+                sid="SendSyncDocument",
+                actions=["ssm:SendCommand"],
+                resources=[f"arn:{partition}:ssm:{region}:{account_id}:document/{name}"],
+            ),
+            Statement(
+                sid="SendToThisClustersNodes",
+                actions=["ssm:SendCommand"],
+                resources=[f"arn:{partition}:ec2:{region}:{account_id}:instance/*"],
+                conditions=(
+                    Condition(test="StringEquals", variable=f"ssm:resourceTag/{names.NODE_CLUSTER_TAG_KEY}", values=[cluster_name]),
+                ),
+            ),
+        )
+        trust = assume_role_policy(self, "trust", service="lambda.amazonaws.com")
+        role = IamRole(self, "role", name=name, assume_role_policy=trust.json)
+        IamRolePolicy(self, "role_policy", name=name, role=role.id, policy=permissions.json)
+
+        package = TerraformAsset(
+            self, "package", path=str(build_zip(LAMBDA_SOURCE, name="model_sync")), type=AssetType.FILE
+        )
+        function = LambdaFunction(
+            self,
+            "function",
+            function_name=name,
+            role=role.arn,
+            runtime="python3.12",
+            architectures=["arm64"],
+            handler="handler.handler",
+            filename=package.path,
+            source_code_hash=package.asset_hash,
+            timeout=LAMBDA_TIMEOUT_SECONDS,
+            memory_size=256,
+            # Bounds concurrent syncs; the event source mapping allows 2 (its minimum).
+            reserved_concurrent_executions=5,
+            kms_key_arn=kms_key_arn,
+            tracing_config=LambdaFunctionTracingConfig(mode="PassThrough"),
+            environment=LambdaFunctionEnvironment(
+                variables={
+                    names.ENV_CLUSTER_NAME: cluster_name,
+                    names.ENV_SSM_DOCUMENT: name,
+                    names.ENV_MODEL_PREFIXES: ",".join(model_prefixes),
+                    names.ENV_NODE_CLUSTER_TAG_KEY: names.NODE_CLUSTER_TAG_KEY,
+                    names.ENV_NODE_ROLE_TAG_KEY: names.NODE_ROLE_TAG_KEY,
+                    names.ENV_NODE_ROLE_VALUE: names.NODE_ROLE_GPU,
+                }
+            ),
+            depends_on=[log_group, document],
+        )
+        # A burst of uploads within the window becomes one invocation -> one SSM command.
+        # (SQS allows batches above 10 only with a batching window of at least 1 s.)
+        LambdaEventSourceMapping(
+            self,
+            "events",
+            event_source_arn=queue.arn,
+            function_name=function.arn,
+            batch_size=1000 if batching_window_seconds > 0 else 10,
+            maximum_batching_window_in_seconds=batching_window_seconds,
+            scaling_config=LambdaEventSourceMappingScalingConfig(maximum_concurrency=2),
+        )
+        self.model_sync_queue_arn = queue.arn
+        self.model_sync_dlq_arn = dlq.arn
+        self.model_sync_function_name = name
+        self.model_sync_document_name = document.name
