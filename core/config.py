@@ -240,6 +240,15 @@ class EdgeConfig(_Model):
     cloudfront: bool = False
     price_class: Literal["PriceClass_100", "PriceClass_200", "PriceClass_All"] = "PriceClass_100"
 
+    @field_validator("cloudfront")
+    @classmethod
+    def _not_yet(cls, v: bool) -> bool:
+        # The edge stack (CloudFront in front of the ALB) is not built yet (issue #5). Refuse
+        # rather than silently deploying without the edge the user asked for.
+        if v:
+            raise ValueError("CloudFront (the <project>-edge stack) is not available in this version yet; fix: set edge.cloudfront: false")
+        return v
+
 
 class Config(_Model):
     project: str

@@ -60,8 +60,10 @@ def count_resources(stack_json: dict) -> int:
 
 def summarize(outdir: Path) -> str:
     manifest = json.loads((outdir / "manifest.json").read_text())
+    order = ("-state", "-platform", "-workload", "-edge")
+    stacks = sorted(manifest["stacks"].items(), key=lambda kv: next((i for i, o in enumerate(order) if kv[0].endswith(o)), 99))
     lines = [f"{'stack':<28} {'resources':>9}  terraform json"]
-    for name, stack in manifest["stacks"].items():
+    for name, stack in stacks:
         path = outdir / stack["synthesizedStackPath"]
         data = json.loads(path.read_text())
         lines.append(f"{name:<28} {count_resources(data):>9}  {path}")

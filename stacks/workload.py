@@ -14,6 +14,7 @@ from cdktf_cdktf_provider_kubernetes.provider import KubernetesProvider, Kuberne
 
 from core.config import Config
 from modules.karpenter import KarpenterCluster, gpu_node_class, gpu_node_pool
+from modules.s3_volumes import S3Volumes
 from stacks.base import ProjectStack
 from stacks.platform import PlatformStack
 
@@ -70,4 +71,11 @@ class WorkloadStack(ProjectStack):
                 consolidate_after=config.gpu.consolidate_after,
                 expire_after=config.gpu.expire_after,
             ),
+        )
+        self.s3_volumes = S3Volumes(
+            self,
+            "s3_volumes",
+            inputs_bucket=platform.store.inputs_bucket_name,
+            outputs_bucket=platform.store.outputs_bucket_name,
+            region=config.region,
         )

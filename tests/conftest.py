@@ -81,14 +81,15 @@ def aws_cli_env(moto_server, tmp_path):
 DEFAULT_VARIANT = "default"
 # Extra configurations synthesized once per session, for code paths the default leaves off.
 VARIANTS: dict[str, dict] = {
-    "edge-cognito": {
+    "cognito-per-az": {
         "auth": {
             "mode": "cognito",
             "domain": "comfy.example.com",
             "certificate_arn": "arn:aws:acm:us-west-2:111122223333:certificate/0123abcd-0000-4000-8000-000000000000",
         },
-        "edge": {"cloudfront": True},
         "network": {"nat_mode": "per_az", "az_count": 2},
+        "model_sync": {"prefixes": ["checkpoints/", "loras/"], "batching_window_seconds": 0},
+        "gpu": {"instance_types": ["g6e.xlarge", "g4dn.xlarge"], "capacity_types": ["on-demand"], "max_gpus": 2},
     },
 }
 

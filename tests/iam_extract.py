@@ -36,6 +36,7 @@ from tests.module_types import interpolations, is_single_interpolation
 
 ACCOUNT = "111122223333"
 REGION = "us-west-2"
+UUID = "00000000-0000-0000-0000-000000000000"
 OIDC_HOST = f"oidc.eks.{REGION}.amazonaws.com/id/EXAMPLED539D4633E53DE1B71EXAMPLE"
 
 # Resource type (without the data. prefix) → a valid ARN of that type.
@@ -60,18 +61,20 @@ ARN_BY_RESOURCE_TYPE = {
     "aws_cloudwatch_event_bus": f"arn:aws:events:{REGION}:{ACCOUNT}:event-bus/placeholder",
     "aws_ecr_repository": f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/placeholder",
     "aws_eks_cluster": f"arn:aws:eks:{REGION}:{ACCOUNT}:cluster/placeholder",
-    "aws_eks_node_group": f"arn:aws:eks:{REGION}:{ACCOUNT}:nodegroup/placeholder/placeholder/00000000-0000-0000-0000-000000000000",
+    "aws_eks_node_group": f"arn:aws:eks:{REGION}:{ACCOUNT}:nodegroup/placeholder/placeholder/{UUID}",
     "aws_dynamodb_table": f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/placeholder",
     "aws_secretsmanager_secret": f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:placeholder-AbCdEf",
     "aws_efs_file_system": f"arn:aws:elasticfilesystem:{REGION}:{ACCOUNT}:file-system/fs-0123456789abcdef0",
     "aws_efs_access_point": f"arn:aws:elasticfilesystem:{REGION}:{ACCOUNT}:access-point/fsap-0123456789abcdef0",
     "aws_cloudfront_distribution": f"arn:aws:cloudfront::{ACCOUNT}:distribution/EDFDVBD6EXAMPLE",
-    "aws_cloudfront_origin_access_identity": "arn:aws:iam::cloudfront:user/CloudFront Origin Access Identity E2QWRUHEXAMPLE",
+    "aws_cloudfront_origin_access_identity": (
+        "arn:aws:iam::cloudfront:user/CloudFront Origin Access Identity E2QWRUHEXAMPLE"
+    ),
     "aws_lb": f"arn:aws:elasticloadbalancing:{REGION}:{ACCOUNT}:loadbalancer/app/placeholder/50dc6c495c0c9188",
     "aws_lb_target_group": f"arn:aws:elasticloadbalancing:{REGION}:{ACCOUNT}:targetgroup/placeholder/73e2d6bc24d8a067",
     "aws_acm_certificate": f"arn:aws:acm:{REGION}:{ACCOUNT}:certificate/00000000-0000-0000-0000-000000000000",
     "aws_cognito_user_pool": f"arn:aws:cognito-idp:{REGION}:{ACCOUNT}:userpool/{REGION}_EXAMPLE",
-    "aws_wafv2_web_acl": f"arn:aws:wafv2:us-east-1:{ACCOUNT}:global/webacl/placeholder/00000000-0000-0000-0000-000000000000",
+    "aws_wafv2_web_acl": f"arn:aws:wafv2:us-east-1:{ACCOUNT}:global/webacl/placeholder/{UUID}",
     "aws_sfn_state_machine": f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:placeholder",
     "aws_instance": f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/i-0123456789abcdef0",
     "aws_launch_template": f"arn:aws:ec2:{REGION}:{ACCOUNT}:launch-template/lt-0123456789abcdef0",
@@ -129,7 +132,6 @@ POLICY_ATTRIBUTES = {
     ("aws_vpc_endpoint_policy", "policy"): "endpoint",
     ("aws_cloudwatch_log_resource_policy", "policy_document"): "resource",
     ("aws_secretsmanager_secret_policy", "policy"): "resource",
-    ("aws_lambda_layer_version_permission", "policy"): None,  # not a document input
 }
 # Kinds that are identity policies (attached to a principal): no Principal element.
 IDENTITY_KINDS = {"identity"}
@@ -442,9 +444,7 @@ def _policy_values(rtype: str, attrs: dict):
                     yield f"inline_policy[{i}].policy", item["policy"], "identity"
             continue
         if (rtype, key) in POLICY_ATTRIBUTES:
-            kind = POLICY_ATTRIBUTES[(rtype, key)]
-            if kind is not None:
-                yield key, value, kind
+            yield key, value, POLICY_ATTRIBUTES[(rtype, key)]
             continue
         if key in ("policy", "policy_document", "access_policies") or key.endswith("_policy"):
             if isinstance(value, str) and (DOC_REF.match(value) or '"Statement"' in value):

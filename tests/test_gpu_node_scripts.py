@@ -426,6 +426,7 @@ class Cache:
 
 @pytest.fixture
 def cache(tmp_path, aws_cli_env, bucket):
+    tool("aws")  # the real AWS CLI (skips locally, fails in CI when it is missing)
     return Cache(tmp_path, aws_cli_env, bucket)
 
 
@@ -491,10 +492,14 @@ def test_sync_converges_additions_replacements_and_deletions(s3, bucket, cache, 
     _put(s3, bucket, {"upscale_models/new 4x.pth": b"new", "-rf": b"LEADING DASH"})
     s3.delete_object(Bucket=bucket, Key="checkpoints/nested/deeper/model.ckpt")
     s3.delete_object(Bucket=bucket, Key="--help/-x.bin")
-    # Local damage is repaired: a file that is not in the bucket goes, a file modified in
-    # place (same size, new mtime) is downloaded again.
+    # Local damage is repaired: a file that is not in the bucket goes, a file changed in
+    # place (same size, older mtime, which plain `aws s3 sync` takes as up to date) is
+    # downloaded again.
     (cache.models / "stray.txt").write_text("not in the bucket")
-    (cache.models / "vae" / "x+y 100%41.bin").write_bytes(b"PLUS AND PERCENT")
+    damaged = cache.models / "vae" / "x+y 100%41.bin"
+    mtime = damaged.stat().st_mtime - 3600
+    damaged.write_bytes(b"PLUS AND PERCENT")
+    os.utime(damaged, (mtime, mtime))
 
     result = cache.sync()
     assert result.returncode == 0, result.stderr

@@ -10,6 +10,7 @@ every module block of every stack of every configuration variant with them.
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from pathlib import Path
@@ -334,12 +335,16 @@ def test_checker_shapes_and_primitives():
     assert check({"g": {"min_size": "two"}}, t, "ng") == ["ng.g.min_size: a string ('two') where number is expected"]
     assert check({"g": {"min_size": True}}, t, "ng") == ["ng.g.min_size: a bool (True) where number is expected"]
     assert check({"g": {"ebs_optimized": 1}}, t, "ng") == ["ng.g.ebs_optimized: a number (1) where bool is expected"]
-    assert check({"g": {"ami_type": {"x": 1}}}, t, "ng") == ["ng.g.ami_type: an object ({'x': 1}) where string is expected"]
+    assert check({"g": {"ami_type": {"x": 1}}}, t, "ng") == [
+        "ng.g.ami_type: an object ({'x': 1}) where string is expected"
+    ]
     assert check({"g": {"labels": {"comfyui.io/role": {"bad": 1}}}}, t, "ng") == [
         "ng.g.labels[\"comfyui.io/role\"]: an object ({'bad': 1}) where string is expected"
     ]
     assert check({"g": {"labels": ["a"]}}, t, "ng") == ["ng.g.labels: a list where map(string) is expected"]
-    assert check(["x"], parse_type("tuple([string, number])"), "t") == ["t: 1 elements where tuple([string, number]) has 2"]
+    assert check(["x"], parse_type("tuple([string, number])"), "t") == [
+        "t: 1 elements where tuple([string, number]) has 2"
+    ]
     assert check([{"x": 1}], parse_type("list(object({y = optional(string)}))"), "l") == [
         "l[0].x: not an attribute of the object type — Terraform would silently drop it"
     ]
@@ -391,8 +396,6 @@ def module_input_errors(block: dict) -> list[str]:
         if key in META_ARGUMENTS:
             continue
         if key not in interface["parsed"]:
-            import difflib
-
             hint = difflib.get_close_matches(key, list(interface["parsed"]), n=1)
             suffix = f" (did you mean {hint[0]!r}?)" if hint else ""
             errors.append(f"{key}: not a variable of {source} {version}{suffix}")
@@ -414,10 +417,14 @@ def test_module_input_errors_on_a_bad_block():
         "depends_on": ["x"],
     }
     errors = module_input_errors(block)
-    assert errors[0] == "kubernetes_versoin: not a variable of terraform-aws-modules/eks/aws 21.11.0 (did you mean 'kubernetes_version'?)"
+    assert errors[0] == (
+        "kubernetes_versoin: not a variable of terraform-aws-modules/eks/aws 21.11.0 "
+        "(did you mean 'kubernetes_version'?)"
+    )
     assert errors[1].startswith("eks_managed_node_groups.system.metadata_options.http_tokenz: not an attribute")
     assert len(errors) == 2
-    assert "has no committed interface" in module_input_errors({"source": "terraform-aws-modules/eks/aws", "version": "~> 21.0"})[0]
+    loose = {"source": "terraform-aws-modules/eks/aws", "version": "~> 21.0"}
+    assert "has no committed interface" in module_input_errors(loose)[0]
 
 
 def test_required_variables_are_enforced(monkeypatch):
@@ -453,7 +460,9 @@ def test_module_versions_are_exact_pins_compatible_with_the_aws_provider(synth_v
         if (block.get("source"), version) in INTERFACES:
             required = _interface(block["source"], version)["required_aws"]
             if not constraint_allows(required, AWS_PROVIDER_VERSION):
-                problems.append(f"{where}: {block['source']} {version} requires aws {required!r}, not {AWS_PROVIDER_VERSION}")
+                problems.append(
+                    f"{where}: {block['source']} {version} requires aws {required!r}, not {AWS_PROVIDER_VERSION}"
+                )
     assert not problems, "\n".join(problems)
 
 
@@ -469,7 +478,9 @@ def test_stacks_pin_the_aws_provider_exactly(synth_variants, variant):
             continue
         version = providers["aws"].get("version")
         if version != AWS_PROVIDER_VERSION:
-            problems.append(f"{stack_name}: required_providers.aws.version is {version!r}, expected {AWS_PROVIDER_VERSION!r}")
+            problems.append(
+                f"{stack_name}: required_providers.aws.version is {version!r}, expected {AWS_PROVIDER_VERSION!r}"
+            )
     assert not problems, "\n".join(problems)
 
 

@@ -237,7 +237,7 @@ write_marker() {
 }
 
 while true; do
-  :
+  rm -f -- "$request_flag"
   log "converging ${models_dir} to s3://${MODELS_BUCKET}/ (prefixes: ${prefixes[*]:-whole bucket})"
   converge_once
   write_marker

@@ -1,0 +1,115 @@
+"""The Mountpoint S3 CSI driver (Helm) and static PV/PVC pairs for the inputs and outputs
+buckets, mounted by ComfyUI. Mountpoint writes new files sequentially only (no seek, no
+rename, no append): ComfyUI writes to local scratch and an uploader copies finished files."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from constructs import Construct
+from cdktf_cdktf_provider_helm.release import Release
+from cdktf_cdktf_provider_kubernetes.manifest import Manifest
+
+from core import names
+from modules.helm import chart_values, to_yaml
+from modules.model_store import CSI_NAMESPACE, CSI_NODE_SERVICE_ACCOUNT
+
+CSI_CHART_REPOSITORY = "https://awslabs.github.io/mountpoint-s3-csi-driver"
+CSI_CHART_VERSION = "2.2.2"
+CSI_DRIVER = "s3.csi.aws.com"
+
+
+def csi_values() -> dict[str, Any]:
+    # The Pod Identity association (platform stack) is bound to this service account name.
+    return chart_values("aws-mountpoint-s3-csi-driver", {"node": {"serviceAccount": {"name": CSI_NODE_SERVICE_ACCOUNT}}})
+
+
+def s3_volume(*, name: str, bucket: str, region: str, read_only: bool, storage: str = "1200Gi") -> list[dict[str, Any]]:
+    """A static PersistentVolume bound to one PersistentVolumeClaim in the ComfyUI namespace."""
+    options = [
+        f"region {region}",
+        f"uid={names.COMFYUI_UID}",
+        f"gid={names.COMFYUI_GID}",
+        # The mount is made by a root-owned Mountpoint pod; other users need allow-other.
+        "allow-other",
+    ]
+    if not read_only:
+        options.append("allow-delete")
+    else:
+        options.append("read-only")
+    pv_name = f"{names.COMFYUI_NAMESPACE}-{name}"
+    mode = "ReadOnlyMany" if read_only else "ReadWriteMany"
+    pv = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": pv_name},
+        "spec": {
+            "capacity": {"storage": storage},  # ignored by the driver, required by the API
+            "accessModes": [mode],
+            "persistentVolumeReclaimPolicy": "Retain",
+            "storageClassName": "",
+            "claimRef": {"namespace": names.COMFYUI_NAMESPACE, "name": name},
+            "mountOptions": options,
+            "csi": {
+                "driver": CSI_DRIVER,
+                # Must be unique per volume: Kubernetes handles a volume handle only once.
+                "volumeHandle": f"s3-{pv_name}",
+                "volumeAttributes": {"bucketName": bucket},
+            },
+        },
+    }
+    pvc = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name, "namespace": names.COMFYUI_NAMESPACE},
+        "spec": {
+            "accessModes": [mode],
+            "storageClassName": "",
+            "resources": {"requests": {"storage": storage}},
+            "volumeName": pv_name,
+        },
+    }
+    return [pv, pvc]
+
+
+def namespace_manifest() -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": names.COMFYUI_NAMESPACE, "labels": {"app.kubernetes.io/part-of": "comfyui"}},
+    }
+
+
+def volume_manifests(*, inputs_bucket: str, outputs_bucket: str, region: str) -> list[dict[str, Any]]:
+    return [
+        *s3_volume(name="inputs", bucket=inputs_bucket, region=region, read_only=False),
+        *s3_volume(name="outputs", bucket=outputs_bucket, region=region, read_only=False),
+    ]
+
+
+class S3Volumes(Construct):
+    """The CSI driver chart, the ComfyUI namespace, and the inputs/outputs PV/PVC pairs."""
+
+    def __init__(self, scope: Construct, id_: str, *, inputs_bucket: str, outputs_bucket: str, region: str) -> None:
+        super().__init__(scope, id_)
+        self.driver = Release(
+            self,
+            "csi_driver",
+            name="aws-mountpoint-s3-csi-driver",
+            namespace=CSI_NAMESPACE,
+            repository=CSI_CHART_REPOSITORY,
+            chart="aws-mountpoint-s3-csi-driver",
+            version=CSI_CHART_VERSION,
+            values=[to_yaml(csi_values())],
+            wait=True,
+        )
+        self.namespace = Manifest(self, "namespace", manifest=namespace_manifest())
+        self.volumes = [
+            Manifest(
+                self,
+                f"{m['kind'].lower()}_{m['metadata']['name']}",
+                manifest=m,
+                depends_on=[self.namespace, self.driver],
+            )
+            for m in volume_manifests(inputs_bucket=inputs_bucket, outputs_bucket=outputs_bucket, region=region)
+        ]

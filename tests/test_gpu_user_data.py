@@ -1,0 +1,184 @@
+"""The GPU nodes' user-data: valid MIME, the right variables, the scripts intact."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import shlex
+import subprocess
+from email.mime.text import MIMEText
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from core import names
+from modules.gpu_user_data import (
+    HEREDOC_DELIMITER,
+    MIME_BOUNDARY,
+    escape_terraform,
+    render_gpu_user_data,
+)
+from tests.helpers import REPO
+
+SETUP = REPO / "modules" / "scripts" / "gpu-node-setup.sh"
+SYNC = REPO / "modules" / "scripts" / "model-cache-sync.sh"
+ARGS = {"models_bucket": "comfyui-models-123456789012", "region": "eu-west-1", "model_prefixes": ("checkpoints/", "loras")}
+
+
+def _script(user_data: str) -> str:
+    message = email.message_from_string(user_data)
+    (part,) = message.get_payload()
+    return part.get_payload()
+
+
+def test_user_data_is_a_mime_multipart_with_one_shell_script_part():
+    user_data = render_gpu_user_data(**ARGS)
+    message = email.message_from_string(user_data, policy=email.policy.strict)
+    assert message.defects == []
+    assert message["MIME-Version"] == "1.0"
+    assert message.get_content_type() == "multipart/mixed"
+    assert message.get_boundary() == MIME_BOUNDARY
+    parts = message.get_payload()
+    assert len(parts) == 1
+    (part,) = parts
+    assert part.defects == []
+    assert part.get_content_type() == "text/x-shellscript"
+    assert part.get_content_charset() == "us-ascii"
+    script = part.get_payload()
+    assert script.startswith("#!/usr/bin/env bash\n")
+    assert "\nset -euo pipefail\n" in script[: script.index("export ")]
+    assert user_data.rstrip("\n").endswith(f"--{MIME_BOUNDARY}--")
+
+
+def test_karpenter_can_merge_its_nodeconfig_part():
+    """Karpenter appends its NodeConfig as another part of the same multipart document."""
+    message = email.message_from_string(render_gpu_user_data(**ARGS))
+    node_config = MIMEText("apiVersion: node.eks.aws/v1alpha1\nkind: NodeConfig\n", "x-nodeadm")
+    message.attach(node_config)
+    merged = email.message_from_string(message.as_string())
+    types = [part.get_content_type() for part in merged.get_payload()]
+    assert types == ["text/x-shellscript", "text/x-nodeadm"]
+    assert merged.get_payload()[0].get_payload() == _script(render_gpu_user_data(**ARGS))
+
+
+def test_every_script_variable_is_exported_shell_quoted():
+    script = _script(render_gpu_user_data(**ARGS))
+    expected = names.script_variables(models_bucket=ARGS["models_bucket"], region=ARGS["region"])
+    expected["MODEL_PREFIXES"] = "checkpoints/ loras/"
+    exports = [line for line in script.splitlines() if line.startswith("export ")]
+    assert exports == [f"export {key}={shlex.quote(value)}" for key, value in expected.items()]
+
+    # And bash reads back exactly these values.
+    shown = " ".join(f'"${{{key}}}"' for key in expected)
+    values = subprocess.run(
+        ["bash", "-c", "\n".join(exports) + f'\nprintf "%s\\0" {shown}'],
+        env={"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")[:-1]
+    assert values == list(expected.values())
+
+
+def test_whole_bucket_when_no_prefixes():
+    script = _script(render_gpu_user_data(**{**ARGS, "model_prefixes": ()}))
+    assert "export MODEL_PREFIXES=''\n" in script
+
+
+def test_the_sync_script_travels_byte_for_byte(tmp_path):
+    script = _script(render_gpu_user_data(**ARGS))
+    start = script.index('cat >"${SYNC_SCRIPT_PATH}"')
+    end = script.index(f"\n{HEREDOC_DELIMITER}\n", start) + len(HEREDOC_DELIMITER) + 2
+    target = tmp_path / "sbin" / "comfyui-model-sync"
+    target.parent.mkdir()
+    subprocess.run(
+        ["bash", "-c", script[start:end]],
+        env={"PATH": "/usr/bin:/bin", "SYNC_SCRIPT_PATH": str(target)},
+        check=True,
+    )
+    assert target.read_bytes() == SYNC.read_bytes()
+
+
+def test_the_setup_script_follows_the_sync_script():
+    script = _script(render_gpu_user_data(**ARGS))
+    setup_body = SETUP.read_text().split("\n", 1)[1]
+    assert script.endswith(setup_body)
+    # One shebang for the part, one inside the installed sync script; none mid-script.
+    assert script.count("#!/usr/bin/env bash") == 2
+    assert script.index(HEREDOC_DELIMITER) < script.index(setup_body)
+    # Exported before anything reads them.
+    assert script.index("export MODELS_BUCKET=") < script.index('cat >"${SYNC_SCRIPT_PATH}"')
+
+
+def test_the_rendered_script_parses(tmp_path):
+    path = tmp_path / "user-data.sh"
+    path.write_text(_script(render_gpu_user_data(**ARGS)))
+    subprocess.run(["bash", "-n", str(path)], check=True)
+
+
+def test_rendering_is_deterministic_and_machine_independent():
+    first = render_gpu_user_data(**ARGS)
+    assert render_gpu_user_data(**ARGS) == first
+    assert str(REPO) not in first
+    assert "/home/" not in first and "/tmp/" not in first and "/work/" not in first
+    assert first.isascii()
+    assert render_gpu_user_data(**{**ARGS, "model_prefixes": ("vae/",)}) != first
+
+
+@pytest.mark.parametrize(
+    "bucket",
+    ["${TfToken[TOKEN.12]}", "Comfy_Models", "ab", "bucket'; rm -rf /; '", ""],
+)
+def test_rejects_bucket_names_that_are_not_literal(bucket):
+    with pytest.raises(ValueError, match="bucket"):
+        render_gpu_user_data(**{**ARGS, "models_bucket": bucket})
+
+
+@pytest.mark.parametrize("region", ["${var.region}", "us west 2", ""])
+def test_rejects_odd_regions(region):
+    with pytest.raises(ValueError, match="region"):
+        render_gpu_user_data(**{**ARGS, "region": region})
+
+
+@pytest.mark.parametrize("prefix", ["../etc/", "a/b/", ".", "..", "", "loras; reboot", "it's/"])
+def test_rejects_prefixes_that_are_not_one_folder(prefix):
+    with pytest.raises(ValueError, match="prefix"):
+        render_gpu_user_data(**{**ARGS, "model_prefixes": (prefix,)})
+
+
+# --- Terraform escaping ------------------------------------------------------------------
+
+
+def _terraform_literal(template: str) -> str:
+    """What Terraform makes of a quoted string: `$${`/`%%{` are literal `${`/`%{`; a bare
+    `${` or `%{` starts an interpolation/directive, which escaped text must never contain."""
+    out, i = [], 0
+    while i < len(template):
+        if template.startswith(("$${", "%%{"), i):
+            out.append(template[i + 1 : i + 3])
+            i += 3
+        elif template.startswith(("${", "%{"), i):
+            raise AssertionError(f"unescaped template sequence at {i}: {template[i:i + 20]!r}")
+        else:
+            out.append(template[i])
+            i += 1
+    return "".join(out)
+
+
+def test_escape_terraform_examples():
+    assert escape_terraform("${VAR} %{ if } $x 100%") == "$${VAR} %%{ if } $x 100%"
+    assert escape_terraform("no templates") == "no templates"
+    assert escape_terraform("$${already}") == "$$${already}"
+
+
+def test_escaped_user_data_reaches_the_node_unchanged():
+    user_data = render_gpu_user_data(**ARGS)
+    assert "${" in user_data  # the scripts do use ${...}: escaping matters
+    escaped = escape_terraform(user_data)
+    assert _terraform_literal(escaped) == user_data
+
+
+@given(st.text(alphabet="${}%ab\n", max_size=40))
+def test_escape_terraform_round_trips(text):
+    assert _terraform_literal(escape_terraform(text)) == text
