@@ -224,6 +224,8 @@ class AuthConfig(_Model):
 
     @model_validator(mode="after")
     def _rules(self) -> "AuthConfig":
+        if self.domain is not None and not re.fullmatch(r"([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}", self.domain):
+            raise ValueError(f"domain {self.domain!r} is not a DNS name; fix: e.g. comfy.example.com (lower case)")
         if self.mode == "cognito" and (not self.domain or not self.certificate_arn):
             raise ValueError("mode 'cognito' needs domain and certificate_arn; fix: set both, or use mode: internal")
         if self.certificate_arn and not re.fullmatch(r"arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/[0-9a-f-]+", self.certificate_arn):
@@ -237,17 +239,26 @@ class AuthConfig(_Model):
 
 
 class EdgeConfig(_Model):
+    # CloudFront in front of the (then internal) ALB, through a CloudFront VPC origin.
     cloudfront: bool = False
+    # ACM certificate for auth.domain in us-east-1 (CloudFront only takes certificates there).
+    certificate_arn: str | None = None
     price_class: Literal["PriceClass_100", "PriceClass_200", "PriceClass_All"] = "PriceClass_100"
+    # CloudFront's default maximum without a quota increase is 60 s. ComfyUI's API answers
+    # POST /prompt at once and streams progress over the websocket, so generations do not
+    # hold an HTTP request open; raise it (up to 180) only after raising the quota.
+    origin_read_timeout_seconds: Annotated[int, Field(ge=1, le=180)] = 60
 
-    @field_validator("cloudfront")
-    @classmethod
-    def _not_yet(cls, v: bool) -> bool:
-        # The edge stack (CloudFront in front of the ALB) is not built yet (issue #5). Refuse
-        # rather than silently deploying without the edge the user asked for.
-        if v:
-            raise ValueError("CloudFront (the <project>-edge stack) is not available in this version yet; fix: set edge.cloudfront: false")
-        return v
+    @model_validator(mode="after")
+    def _edge(self) -> "EdgeConfig":
+        if self.cloudfront:
+            arn = self.certificate_arn or ""
+            if not re.fullmatch(r"arn:aws[a-z-]*:acm:us-east-1:\d{12}:certificate/[0-9a-f-]+", arn):
+                raise ValueError(
+                    "cloudfront needs certificate_arn, an ACM certificate in us-east-1 for auth.domain; "
+                    "fix: request one in us-east-1 and set edge.certificate_arn"
+                )
+        return self
 
 
 class Config(_Model):
@@ -306,8 +317,13 @@ class Config(_Model):
 
     @model_validator(mode="after")
     def _cross(self) -> "Config":
-        if self.network.az_count > 1 and self.gpu.max_gpus < 1:
-            raise ValueError("gpu.max_gpus must be at least 1")
+        if self.edge.cloudfront and self.auth.mode == "internal":
+            raise ValueError(
+                "edge.cloudfront makes ComfyUI reachable from the internet, which auth.mode 'internal' forbids; "
+                "fix: use auth.mode: cognito (with domain and certificate_arn), or turn cloudfront off"
+            )
+        if self.edge.cloudfront and not self.auth.domain:
+            raise ValueError("edge.cloudfront needs auth.domain (the CloudFront alias); fix: set auth.domain")
         return self
 
     # --- derived names (one place) -----------------------------------------------------
@@ -352,6 +368,18 @@ class Config(_Model):
     @property
     def public_endpoint(self) -> bool:
         return self.auth.mode != "internal" or self.edge.cloudfront
+
+    @property
+    def alb_scheme(self) -> str:
+        """internal unless the ALB itself must face the internet (CloudFront reaches an
+        internal ALB through a VPC origin)."""
+        if self.auth.mode == "internal" or self.edge.cloudfront:
+            return "internal"
+        return "internet-facing"
+
+    @property
+    def alb_tag_value(self) -> str:
+        return f"{self.project}-comfyui"
 
     @property
     def unauthenticated_public(self) -> bool:

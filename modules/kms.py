@@ -25,6 +25,7 @@ class EncryptionKey(Construct):
         account_id: str,
         partition: str,
         service_principals: Sequence[str] = (),
+        region: str | None = None,
     ) -> None:
         super().__init__(scope, id_)
         statements = [
@@ -49,8 +50,9 @@ class EncryptionKey(Construct):
             enable_key_rotation=True,
             deletion_window_in_days=30,
             policy=policy_json(*statements),
+            region=region,
         )
-        KmsAlias(self, "alias", name=f"alias/{alias}", target_key_id=key.key_id)
+        KmsAlias(self, "alias", name=f"alias/{alias}", target_key_id=key.key_id, region=region)
         self.key_arn = key.arn
         self.key_id = key.key_id
 

@@ -34,7 +34,8 @@ def s3_volume(*, name: str, bucket: str, region: str, read_only: bool, storage: 
         "allow-other",
     ]
     if not read_only:
-        options.append("allow-delete")
+        # Uploads overwrite same-named inputs; the outputs uploader may retry a copy.
+        options.extend(["allow-delete", "allow-overwrite"])
     else:
         options.append("read-only")
     pv_name = f"{names.COMFYUI_NAMESPACE}-{name}"

@@ -10,6 +10,7 @@ from pathlib import Path
 from cdktf import App
 
 from core.config import Config
+from stacks.edge import EdgeStack
 from stacks.platform import PlatformStack
 from stacks.state import StateStack
 from stacks.workload import WorkloadStack
@@ -20,7 +21,9 @@ def build_app(config: Config, *, outdir: str | os.PathLike[str]) -> App:
     app = App(outdir=str(outdir))
     StateStack(app, config=config)
     platform = PlatformStack(app, config=config)
-    WorkloadStack(app, config=config, platform=platform)
+    workload = WorkloadStack(app, config=config, platform=platform)
+    if config.edge.cloudfront:
+        EdgeStack(app, config=config, workload=workload)
     return app
 
 

@@ -6,9 +6,11 @@ from cdktf import TerraformOutput
 from constructs import Construct
 
 from core.config import Config
+from modules.auth import CognitoAuth
 from modules.cluster import Cluster
 from modules.ecr import ImageRepository
 from modules.karpenter import KarpenterAws
+from modules.load_balancer import LoadBalancerControllerIam
 from modules.model_store import ModelStore
 from modules.model_sync import ModelSync
 from modules.network import Network
@@ -86,6 +88,14 @@ class PlatformStack(ProjectStack):
             kms_key_arn=self.store.data_key_arn,
             tag_mutability=config.comfyui.ecr_image_tag_mutability,
             keep_images=config.comfyui.ecr_keep_images,
+        )
+        self.load_balancer_iam = LoadBalancerControllerIam(
+            self, "load_balancer", project=config.project, cluster_name=self.cluster.cluster_name, partition=config.partition
+        )
+        self.auth = (
+            CognitoAuth(self, "auth", project=config.project, account_id=config.account_id, domain=config.auth.domain or "")
+            if config.auth.mode == "cognito"
+            else None
         )
         TerraformOutput(self, "vpc_id", value=self.network.vpc_id)
         TerraformOutput(self, "models_bucket_name", value=config.models_bucket)

@@ -10,11 +10,15 @@ from __future__ import annotations
 from cdktf import Fn
 from constructs import Construct
 from cdktf_cdktf_provider_helm.provider import HelmProvider, HelmProviderKubernetes, HelmProviderKubernetesExec
+from cdktf_cdktf_provider_kubernetes.manifest import Manifest
 from cdktf_cdktf_provider_kubernetes.provider import KubernetesProvider, KubernetesProviderExec
 
 from core.config import Config
 from modules.karpenter import KarpenterCluster, gpu_node_class, gpu_node_pool
+from modules.comfyui import comfyui_manifests
+from modules.load_balancer import LoadBalancerController
 from modules.s3_volumes import S3Volumes
+from stacks.ingress import ingress_settings
 from stacks.base import ProjectStack
 from stacks.platform import PlatformStack
 
@@ -79,3 +83,24 @@ class WorkloadStack(ProjectStack):
             outputs_bucket=platform.store.outputs_bucket_name,
             region=config.region,
         )
+        self.load_balancer = LoadBalancerController(
+            self, "load_balancer", cluster_name=cluster.cluster_name, region=config.region, vpc_id=platform.network.vpc_id
+        )
+        cognito = None
+        if platform.auth is not None:
+            cognito = {
+                "userPoolARN": platform.auth.cognito_user_pool_arn,
+                "userPoolClientID": platform.auth.cognito_client_id,
+                "userPoolDomain": platform.auth.cognito_domain,
+            }
+        image = f"{platform.images.repository_url}:{config.comfyui.image_tag}"
+        for manifest in comfyui_manifests(
+            image=image, replicas=config.comfyui.replicas, settings=ingress_settings(config, cognito=cognito)
+        ):
+            Manifest(
+                self,
+                f"comfyui_{manifest['kind'].lower()}",
+                manifest=manifest,
+                # Namespace and volumes first; the Ingress needs the controller's webhook.
+                depends_on=[self.s3_volumes.namespace, *self.s3_volumes.volumes, self.load_balancer.release],
+            )

@@ -81,15 +81,23 @@ def aws_cli_env(moto_server, tmp_path):
 DEFAULT_VARIANT = "default"
 # Extra configurations synthesized once per session, for code paths the default leaves off.
 VARIANTS: dict[str, dict] = {
-    "cognito-per-az": {
+    "edge-cognito": {
         "auth": {
             "mode": "cognito",
             "domain": "comfy.example.com",
             "certificate_arn": "arn:aws:acm:us-west-2:111122223333:certificate/0123abcd-0000-4000-8000-000000000000",
         },
+        "edge": {
+            "cloudfront": True,
+            "certificate_arn": "arn:aws:acm:us-east-1:111122223333:certificate/0123abcd-0000-4000-8000-000000000001",
+        },
         "network": {"nat_mode": "per_az", "az_count": 2},
         "model_sync": {"prefixes": ["checkpoints/", "loras/"], "batching_window_seconds": 0},
         "gpu": {"instance_types": ["g6e.xlarge", "g4dn.xlarge"], "capacity_types": ["on-demand"], "max_gpus": 2},
+    },
+    "public-unauthenticated": {
+        "auth": {"mode": "none", "acknowledge_public_unauthenticated": True},
+        "comfyui": {"replicas": 3},
     },
 }
 

@@ -89,7 +89,7 @@ def test_longest_derived_bucket_name_is_s3_safe():
         ({"auth__mode": "cognito"}, "auth", "domain and certificate_arn"),
         ({"comfyui__image_tag": "latest"}, "comfyui.image_tag", "pinned"),
         ({"tags": {"aws:owner": "x"}}, "tags", "reserved"),
-        ({"edge__cloudfront": True}, "edge.cloudfront", "not available"),
+        ({"edge__cloudfront": True}, "edge", "certificate_arn"),
     ],
 )
 def test_bad_input_names_key_and_fix(changes, key, hint):

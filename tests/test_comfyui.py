@@ -1,0 +1,313 @@
+"""ComfyUI workload and edge: Kubernetes objects (strictly valid), probes, shutdown,
+exposure and authentication per configuration, CloudFront, and the uploader/preStop code."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import yaml
+
+from core import names
+from core.config import parse_config
+from modules import comfyui
+from modules.load_balancer import LBC_NAMESPACE, LBC_SERVICE_ACCOUNT
+from stacks.ingress import ingress_settings
+from tests.k8s import k8s_version, resolve_tokens, validate_strict
+
+
+def _manifests(synth) -> dict[str, dict]:
+    out = {}
+    for res in synth.resources("workload", "kubernetes_manifest").values():
+        m = res["manifest"]
+        out[f"{m['kind']}/{m['metadata']['name']}"] = m
+    return out
+
+
+def _deployment(synth) -> dict:
+    return _manifests(synth)["Deployment/comfyui"]
+
+
+def _ingress(synth) -> dict:
+    return _manifests(synth)["Ingress/comfyui"]
+
+
+def test_every_kubernetes_object_is_strictly_valid(synth_variants):
+    for variant, synth in synth_variants.items():
+        manifests = _manifests(synth)
+        assert {"Namespace/comfyui", "Deployment/comfyui", "Service/comfyui", "Ingress/comfyui",
+                "PodDisruptionBudget/comfyui", "NetworkPolicy/comfyui", "ServiceAccount/comfyui",
+                "ConfigMap/comfyui-uploader", "PersistentVolumeClaim/inputs", "PersistentVolumeClaim/outputs"} <= set(manifests)
+        for key, manifest in manifests.items():
+            try:
+                validate_strict(resolve_tokens(manifest), k8s_version(synth.config))
+            except Exception as exc:  # kubernetes_validate.ValidationError carries the path
+                pytest.fail(f"{variant}: {key} is invalid: {exc}")
+
+
+def test_invalid_deployment_is_caught(synth):
+    import kubernetes_validate
+
+    bad = resolve_tokens(_deployment(synth))
+    bad["spec"]["template"]["spec"]["containers"][0]["readinessProbee"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate_strict(bad, k8s_version(synth.config))
+
+
+def test_gpu_scheduling_and_model_cache(synth):
+    spec = _deployment(synth)["spec"]["template"]["spec"]
+    main = spec["containers"][0]
+    assert main["resources"]["limits"][names.GPU_RESOURCE] == "1"
+    assert {"key": names.GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+    assert spec["nodeSelector"] == {names.NODE_ROLE_TAG_KEY: names.NODE_ROLE_GPU}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["models"]["hostPath"]["path"] == names.MODELS_PATH
+    models_mount = next(m for m in main["volumeMounts"] if m["name"] == "models")
+    assert models_mount["readOnly"] is True
+    assert volumes["inputs"]["persistentVolumeClaim"]["claimName"] == "inputs"
+    assert volumes["s3-outputs"]["persistentVolumeClaim"]["claimName"] == "outputs"
+    # the init container waits for exactly the marker the node's sync writes
+    wait = spec["initContainers"][0]
+    assert wait["name"] == "wait-for-model-cache"
+    marker = next(e["value"] for e in wait["env"] if e["name"] == "MARKER")
+    cache_mount = next(m for m in wait["volumeMounts"] if m["name"] == "node-cache")
+    assert volumes["node-cache"]["hostPath"]["path"] == names.NODE_CACHE_ROOT
+    assert marker == names.CACHE_MARKER_PATH.replace(names.NODE_CACHE_ROOT, cache_mount["mountPath"], 1)
+    assert cache_mount["readOnly"] is True
+
+
+def test_pod_security(synth):
+    spec = _deployment(synth)["spec"]["template"]["spec"]
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["runAsUser"] == names.COMFYUI_UID
+    assert spec["automountServiceAccountToken"] is False
+    for c in spec["containers"] + spec["initContainers"]:
+        sc = c["securityContext"]
+        assert sc["capabilities"]["drop"] == ["ALL"], c["name"]
+        assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True, c["name"]
+
+
+def test_probes_and_graceful_shutdown(synth):
+    template = _deployment(synth)["spec"]["template"]
+    spec = template["spec"]
+    main = spec["containers"][0]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert main[probe]["httpGet"] == {"path": comfyui.HEALTH_PATH, "port": "http"}
+    startup_budget = main["startupProbe"]["periodSeconds"] * main["startupProbe"]["failureThreshold"]
+    assert startup_budget >= 600, "model loading needs a startup budget of at least 10 minutes"
+    assert spec["terminationGracePeriodSeconds"] == comfyui.TERMINATION_GRACE_SECONDS
+    assert "preStop" in main["lifecycle"]
+    assert template["metadata"]["annotations"]["karpenter.sh/do-not-disrupt"] == "true"
+    uploader = next(c for c in spec["initContainers"] if c["name"] == "outputs-uploader")
+    assert uploader["restartPolicy"] == "Always", "native sidecar: outlives ComfyUI and flushes outputs"
+
+
+def test_replicas_from_config(synth_variants):
+    for synth in synth_variants.values():
+        assert _deployment(synth)["spec"]["replicas"] == synth.config.comfyui.replicas
+
+
+def test_ingress_alb_settings(synth_variants):
+    for synth in synth_variants.values():
+        a = _ingress(synth)["metadata"]["annotations"]
+        assert a["alb.ingress.kubernetes.io/load-balancer-attributes"] == "idle_timeout.timeout_seconds=3600"
+        assert "stickiness.enabled=true" in a["alb.ingress.kubernetes.io/target-group-attributes"]
+        assert a["alb.ingress.kubernetes.io/healthcheck-path"] == comfyui.HEALTH_PATH
+        assert a["alb.ingress.kubernetes.io/tags"] == f"{names.ALB_TAG_KEY}={synth.config.alb_tag_value}"
+
+
+def test_default_is_internal_only(synth):
+    a = _ingress(synth)["metadata"]["annotations"]
+    assert synth.config.auth.mode == "internal"
+    assert a["alb.ingress.kubernetes.io/scheme"] == "internal"
+    assert a["alb.ingress.kubernetes.io/inbound-cidrs"] == synth.config.network.vpc_cidr
+    assert "alb.ingress.kubernetes.io/auth-type" not in a
+    assert "comfyui-edge" not in synth.stacks
+
+
+def test_cloudfront_with_cognito(synth_variants):
+    synth = synth_variants["edge-cognito"]
+    a = _ingress(synth)["metadata"]["annotations"]
+    # CloudFront reaches an internal ALB through a VPC origin; Cognito still guards it.
+    assert a["alb.ingress.kubernetes.io/scheme"] == "internal"
+    assert a["alb.ingress.kubernetes.io/auth-type"] == "cognito"
+    cognito = json.loads(a["alb.ingress.kubernetes.io/auth-idp-cognito"])
+    assert set(cognito) == {"userPoolARN", "userPoolClientID", "userPoolDomain"}
+    assert all(v.startswith("${data.terraform_remote_state.") for v in cognito.values())
+    assert a["alb.ingress.kubernetes.io/certificate-arn"] == synth.config.auth.certificate_arn
+    assert a["alb.ingress.kubernetes.io/ssl-redirect"] == "443"
+    pool = next(iter(synth.resources("platform", "aws_cognito_user_pool").values()))
+    assert pool["admin_create_user_config"]["allow_admin_create_user_only"] is True
+    client = next(iter(synth.resources("platform", "aws_cognito_user_pool_client").values()))
+    assert client["callback_urls"] == [f"https://{synth.config.auth.domain}/oauth2/idpresponse"]
+
+
+def test_unauthenticated_public_needs_acknowledgement_and_warns(synth_variants, tmp_path):
+    synth = synth_variants["public-unauthenticated"]
+    a = _ingress(synth)["metadata"]["annotations"]
+    assert a["alb.ingress.kubernetes.io/scheme"] == "internet-facing"
+    assert "alb.ingress.kubernetes.io/auth-type" not in a
+    # the same configuration without the acknowledgement is refused before anything is written
+    data = synth.config.model_dump(mode="json")
+    data["auth"]["acknowledge_public_unauthenticated"] = False
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    env = {**os.environ, "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20"}
+    from tests.helpers import REPO
+
+    refused = subprocess.run(
+        [sys.executable, str(REPO / "main.py"), "--config", str(path), "--outdir", str(tmp_path / "out")],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert refused.returncode == 2 and "acknowledge_public_unauthenticated" in refused.stderr
+    assert not (tmp_path / "out").exists()
+    data["auth"]["acknowledge_public_unauthenticated"] = True
+    path.write_text(yaml.safe_dump(data))
+    accepted = subprocess.run(
+        [sys.executable, str(REPO / "main.py"), "--config", str(path), "--outdir", str(tmp_path / "out")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert accepted.returncode == 0, accepted.stderr[-2000:]
+    assert "WARNING" in accepted.stderr and "WITHOUT authentication" in accepted.stderr
+    for cycle in ("state", "platform", "workload"):
+        assert f"{synth.config.project}-{cycle}" in accepted.stdout
+    assert (tmp_path / "out" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("auth", "edge", "scheme"),
+    [
+        ({"mode": "internal"}, {}, "internal"),
+        ({"mode": "cognito", "domain": "a.example.com", "certificate_arn": "arn:aws:acm:us-west-2:111122223333:certificate/abc-1"}, {}, "internet-facing"),
+        ({"mode": "none", "acknowledge_public_unauthenticated": True}, {}, "internet-facing"),
+    ],
+)
+def test_exposure_matrix(auth, edge, scheme):
+    base = yaml.safe_load(open(os.path.join(os.path.dirname(__file__), "..", "config", "default.yaml")))
+    base["auth"] = auth
+    config = parse_config(base)
+    settings = ingress_settings(config, cognito={"userPoolARN": "x", "userPoolClientID": "y", "userPoolDomain": "z"})
+    assert settings.scheme == scheme
+    ing = comfyui.ingress(settings)
+    net = comfyui.network_policy(settings)
+    cidrs = [b["ipBlock"]["cidr"] for b in net["spec"]["ingress"][0]["from"]]
+    from modules.network import subnet_plan
+
+    private, public = subnet_plan(config.network.vpc_cidr, config.network.az_count)
+    assert cidrs == (private if scheme == "internal" else public)
+    assert ("alb.ingress.kubernetes.io/auth-type" in ing["metadata"]["annotations"]) == (auth["mode"] == "cognito")
+
+
+def test_network_policy_admits_only_alb_subnets_on_comfyui_port(synth):
+    net = _manifests(synth)["NetworkPolicy/comfyui"]
+    rule = net["spec"]["ingress"][0]
+    assert rule["ports"] == [{"protocol": "TCP", "port": names.COMFYUI_PORT}]
+    assert net["spec"]["policyTypes"] == ["Ingress"]
+
+
+def test_load_balancer_controller(synth):
+    release = next(r for r in synth.resources("workload", "helm_release").values() if r["name"] == "aws-load-balancer-controller")
+    values = yaml.safe_load(release["values"][0])
+    assert values["region"] == synth.config.region and values["vpcId"].startswith("${data.terraform_remote_state.")
+    assoc = [a for a in synth.resources("platform", "aws_eks_pod_identity_association").values() if a["service_account"] == LBC_SERVICE_ACCOUNT]
+    assert assoc and assoc[0]["namespace"] == LBC_NAMESPACE
+
+
+def test_ecr_repository(synth):
+    repo = next(iter(synth.resources("platform", "aws_ecr_repository").values()))
+    assert repo["image_scanning_configuration"]["scan_on_push"] is True
+    assert repo["image_tag_mutability"] == synth.config.comfyui.ecr_image_tag_mutability
+    assert repo["encryption_configuration"][0]["encryption_type"] == "KMS"
+    policy = json.loads(next(iter(synth.resources("platform", "aws_ecr_lifecycle_policy").values()))["policy"])
+    assert policy["rules"][0]["selection"]["countNumber"] == synth.config.comfyui.ecr_keep_images
+    image = _deployment(synth)["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image.endswith(f":{synth.config.comfyui.image_tag}") and image.startswith("${data.terraform_remote_state.")
+
+
+def test_edge_distribution(synth_variants):
+    synth = synth_variants["edge-cognito"]
+    dist = next(iter(synth.resources("edge", "aws_cloudfront_distribution").values()))
+    behavior = dist["default_cache_behavior"]
+    assert sorted(behavior["allowed_methods"]) == sorted(["GET", "HEAD", "OPTIONS", "PUT", "POST", "PATCH", "DELETE"])
+    assert behavior["viewer_protocol_policy"] == "redirect-to-https"
+    assert behavior["cache_policy_id"] == "4135ea2d-6df8-44a3-9df3-4b5a84be39ad"  # CachingDisabled
+    assert behavior["origin_request_policy_id"] == "216adef6-5c7f-47e4-b989-5492eafa07d3"  # AllViewer (websockets, Host)
+    origin = dist["origin"][0]
+    assert origin["vpc_origin_config"]["origin_read_timeout"] == synth.config.edge.origin_read_timeout_seconds
+    assert dist["aliases"] == [synth.config.auth.domain]
+    assert dist["viewer_certificate"]["minimum_protocol_version"] == "TLSv1.2_2021"
+    lb = next(iter(synth.stack("edge")["data"]["aws_lb"].values()))
+    assert lb["tags"] == {names.ALB_TAG_KEY: synth.config.alb_tag_value}
+    vpc_origin = next(iter(synth.resources("edge", "aws_cloudfront_vpc_origin").values()))
+    assert vpc_origin["vpc_origin_endpoint_config"][0]["arn"].startswith("${data.aws_lb.")
+    waf = next(iter(synth.resources("edge", "aws_wafv2_web_acl").values()))
+    rules = {r["Name"]: r for r in json.loads(waf["rule_json"])}
+    assert {"AWSManagedRulesCommonRuleSet", "AWSManagedRulesKnownBadInputsRuleSet", "rate-limit-per-ip"} <= set(rules)
+    assert waf["scope"] == "CLOUDFRONT" and waf["region"] == "us-east-1"
+    assert dist["web_acl_id"].startswith("${aws_wafv2_web_acl.")
+    logging = next(iter(synth.resources("edge", "aws_wafv2_web_acl_logging_configuration").values()))
+    assert logging["log_destination_configs"][0].startswith("${aws_cloudwatch_log_group.")
+
+
+# --- the code the pod runs ------------------------------------------------------------
+
+
+def test_uploader_moves_quiet_files_and_flushes_on_sigterm(tmp_path):
+    script = tmp_path / "uploader.py"
+    script.write_text(comfyui.UPLOADER_SCRIPT)
+    src, dst = tmp_path / "local", tmp_path / "s3"
+    (src / "video").mkdir(parents=True)
+    dst.mkdir()
+    old = src / "video" / "clip $(x).mp4"
+    old.write_bytes(b"finished")
+    os.utime(old, (time.time() - 120, time.time() - 120))
+    fresh = src / "image.png"
+    fresh.write_bytes(b"still being written")
+    proc = subprocess.Popen([sys.executable, str(script), str(src), str(dst), "60"], stdout=subprocess.PIPE, text=True)
+    deadline = time.time() + 20
+    while not (dst / "video" / "clip $(x).mp4").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    assert (dst / "video" / "clip $(x).mp4").read_bytes() == b"finished"
+    assert not old.exists()
+    assert fresh.exists() and not (dst / "image.png").exists(), "a file still being written must wait"
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    assert (dst / "image.png").read_bytes() == b"still being written", "SIGTERM flushes everything"
+    assert not fresh.exists()
+
+
+class _Queue(http.server.BaseHTTPRequestHandler):
+    states: list = []
+
+    def do_GET(self):  # noqa: N802
+        body = json.dumps(self.states.pop(0) if len(self.states) > 1 else self.states[0]).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_prestop_waits_for_running_generation():
+    busy = {"queue_running": [["1", "prompt"]], "queue_pending": []}
+    idle = {"queue_running": [], "queue_pending": []}
+    _Queue.states = [busy, busy, idle]
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Queue)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        script = comfyui.PRESTOP_SCRIPT.format(budget=60, port=server.server_port).replace("time.sleep(5)", "time.sleep(0.2)")
+        start = time.time()
+        subprocess.run([sys.executable, "-c", script], check=True, timeout=30)
+        assert _Queue.states == [idle], "preStop returned before the queue drained"
+        assert time.time() - start < 10
+    finally:
+        server.shutdown()
