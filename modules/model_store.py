@@ -9,9 +9,9 @@ from cdktf_cdktf_provider_aws.iam_policy import IamPolicy
 from cdktf_cdktf_provider_aws.iam_role import IamRole
 from cdktf_cdktf_provider_aws.iam_role_policy_attachment import IamRolePolicyAttachment
 
-from modules.iam import Condition, Principal, Statement, assume_role_policy, policy_document
+from modules.iam import Condition, Statement, assume_role_policy, policy_document
 from modules.kms import EncryptionKey
-from modules.storage import SecureBucket
+from modules.storage import AccessLogBucket, SecureBucket
 
 # Mountpoint S3 CSI driver v2: driver-level credentials come from EKS Pod Identity on the
 # node DaemonSet's service account (docs/CONFIGURATION.md of awslabs/mountpoint-s3-csi-driver).
@@ -47,23 +47,8 @@ class ModelStore(Construct):
             partition=partition,
             service_principals=[f"logs.{region}.amazonaws.com", "s3.amazonaws.com"],
         )
-        logs = SecureBucket(
-            self,
-            "access_logs",
-            bucket_name=access_logs_bucket,
-            kms_key_arn=None,
-            versioned=True,
-            log_bucket=None,
-            expiration_days=365,
-            extra_statements=(
-                Statement(
-                    sid="S3ServerAccessLogs",
-                    actions=["s3:PutObject"],
-                    resources=[f"arn:{partition}:s3:::{access_logs_bucket}/*"],
-                    principals=(Principal(type="Service", identifiers=["logging.s3.amazonaws.com"]),),
-                    conditions=(Condition(test="StringEquals", variable="aws:SourceAccount", values=[account_id]),),
-                ),
-            ),
+        logs = AccessLogBucket(
+            self, "access_logs", bucket_name=access_logs_bucket, account_id=account_id, partition=partition
         )
         # Models: versioned, so a bad upload or an accidental delete can be rolled back.
         self.models = SecureBucket(

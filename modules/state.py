@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from constructs import Construct
 
-from modules.iam import Condition, Principal, Statement
 from modules.kms import EncryptionKey
-from modules.storage import SecureBucket
+from modules.storage import AccessLogBucket, SecureBucket
 
 
 def state_key_alias(project: str) -> str:
@@ -40,23 +39,8 @@ class TerraformState(Construct):
             account_id=account_id,
             partition=partition,
         )
-        logs = SecureBucket(
-            self,
-            "access_logs",
-            bucket_name=log_bucket_name,
-            kms_key_arn=None,
-            versioned=True,
-            log_bucket=None,
-            expiration_days=365,
-            extra_statements=(
-                Statement(
-                    sid="S3ServerAccessLogs",
-                    actions=["s3:PutObject"],
-                    resources=[f"arn:{partition}:s3:::{log_bucket_name}/*"],
-                    principals=(Principal(type="Service", identifiers=["logging.s3.amazonaws.com"]),),
-                    conditions=(Condition(test="StringEquals", variable="aws:SourceAccount", values=[account_id]),),
-                ),
-            ),
+        logs = AccessLogBucket(
+            self, "access_logs", bucket_name=log_bucket_name, account_id=account_id, partition=partition
         )
         state = SecureBucket(
             self,

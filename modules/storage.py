@@ -146,3 +146,28 @@ class SecureBucket(Construct):
         self.bucket_id = bucket.id
         self.bucket_arn = bucket.arn
         self.bucket_name = bucket_name
+
+
+class AccessLogBucket(SecureBucket):
+    """Target of S3 server access logging: SSE-S3 (log delivery cannot write SSE-KMS buckets),
+    versioned, logs kept a year, and only S3 log delivery for this account may write."""
+
+    def __init__(self, scope: Construct, id_: str, *, bucket_name: str, account_id: str, partition: str) -> None:
+        super().__init__(
+            scope,
+            id_,
+            bucket_name=bucket_name,
+            kms_key_arn=None,
+            versioned=True,
+            log_bucket=None,
+            expiration_days=365,
+            extra_statements=(
+                Statement(
+                    sid="S3ServerAccessLogs",
+                    actions=["s3:PutObject"],
+                    resources=[f"arn:{partition}:s3:::{bucket_name}/*"],
+                    principals=(Principal(type="Service", identifiers=["logging.s3.amazonaws.com"]),),
+                    conditions=(Condition(test="StringEquals", variable="aws:SourceAccount", values=[account_id]),),
+                ),
+            ),
+        )

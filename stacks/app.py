@@ -46,8 +46,11 @@ def synth_atomically(config: Config, *, outdir: Path) -> None:
     for leftover in (tmp, old):
         if leftover.exists():
             shutil.rmtree(leftover)
-    app = build_app(config, outdir=tmp)
-    app.synth()
+    try:
+        build_app(config, outdir=tmp).synth()
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if outdir.exists():
         outdir.rename(old)
     tmp.rename(outdir)
