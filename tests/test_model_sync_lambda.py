@@ -19,7 +19,6 @@ import subprocess
 import sys
 import types
 import uuid
-from pathlib import Path
 from urllib.parse import quote, quote_plus
 
 import boto3
