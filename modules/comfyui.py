@@ -210,6 +210,10 @@ def deployment(*, image: str, replicas: int) -> dict[str, Any]:
                                 {"name": "COMFYUI_OUTPUT_DIR", "value": LOCAL_OUTPUTS},
                                 {"name": "COMFYUI_INPUT_DIR", "value": INPUTS},
                                 {"name": "COMFYUI_SCRATCH_DIR", "value": SCRATCH},
+                                # The root filesystem is read-only: libraries that cache under
+                                # $HOME (torch, triton, huggingface) write to scratch instead.
+                                {"name": "HOME", "value": f"{SCRATCH}/home"},
+                                {"name": "XDG_CACHE_HOME", "value": f"{SCRATCH}/cache"},
                             ],
                             "resources": {
                                 "requests": {"cpu": "2", "memory": "12Gi", names.GPU_RESOURCE: "1"},
