@@ -53,8 +53,11 @@ class NetworkConfig(_Model):
     # Who may reach the EKS API endpoint from the internet (it is IAM-authenticated either
     # way); narrow it to your CI runners' and admins' ranges.
     api_public_cidrs: tuple[str, ...] = ("0.0.0.0/0",)
+    # Who may reach an internal ALB (auth.mode internal). Empty = the VPC CIDR only; add the
+    # ranges of peered VPCs or of your VPN (their clients keep their own source addresses).
+    internal_alb_cidrs: tuple[str, ...] = ()
 
-    @field_validator("api_public_cidrs", mode="before")
+    @field_validator("api_public_cidrs", "internal_alb_cidrs", mode="before")
     @classmethod
     def _cidrs_tuple(cls, v: Any) -> Any:
         return tuple(v) if isinstance(v, list) else v
@@ -64,6 +67,15 @@ class NetworkConfig(_Model):
     def _public_cidrs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         if not v:
             raise ValueError("empty; fix: list at least one CIDR that may reach the EKS API, e.g. 203.0.113.0/24")
+        return cls._cidr_list(v)
+
+    @field_validator("internal_alb_cidrs")
+    @classmethod
+    def _internal_cidrs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return cls._cidr_list(v)
+
+    @staticmethod
+    def _cidr_list(v: tuple[str, ...]) -> tuple[str, ...]:
         for c in v:
             try:
                 ipaddress.IPv4Network(c, strict=True)
@@ -177,7 +189,8 @@ class BucketsConfig(_Model):
 
 class ModelSyncConfig(_Model):
     # Only keys under these prefixes are models; other objects (notes, build artefacts)
-    # neither trigger a sync nor reach a node.
+    # neither trigger a sync nor reach a node. An empty list means the whole bucket. ComfyUI
+    # itself only looks in the folders mapped in docker/extra_model_paths.yaml.
     prefixes: tuple[str, ...] = (
         "checkpoints/", "clip/", "clip_vision/", "controlnet/", "diffusion_models/", "embeddings/",
         "loras/", "text_encoders/", "unet/", "upscale_models/", "vae/",

@@ -26,6 +26,12 @@ S3_OUTPUTS = "/s3-outputs"  # Mountpoint S3: sequential writes of new files only
 INPUTS = "/inputs"
 SCRATCH = "/scratch"
 HEALTH_PATH = "/system_stats"
+# Outputs: copied to S3 after this many quiet seconds; local copies kept this long so
+# ComfyUI's /view and its file numbering keep working.
+UPLOAD_QUIET_SECONDS = 30
+LOCAL_OUTPUT_RETAIN_SECONDS = 6 * 3600
+# First fill of a node's model cache: multi-GB downloads at instance-store speed.
+MODEL_CACHE_WAIT_SECONDS = 3600
 # A running generation may take minutes: the pod gets this long to finish it on shutdown.
 TERMINATION_GRACE_SECONDS = 900
 # Model loading on first start: startup probe budget = period x failures.
@@ -37,16 +43,21 @@ ALB_IDLE_TIMEOUT_SECONDS = 3600
 STICKY_SECONDS = 86400
 
 UPLOADER_SCRIPT = '''\
-"""Move finished ComfyUI outputs from local scratch to the S3 mount.
+"""Copy finished ComfyUI outputs from local scratch to the S3 mount, never overwriting.
 
 Mountpoint for S3 supports only sequential writes of new files, so ComfyUI writes locally
-(seek/rename work) and this copies each file once it has been quiet for QUIET seconds, then
-deletes the local copy. On SIGTERM (after ComfyUI exited: native sidecar) it flushes all.
+(seek/rename work) and this copies each file once it has been quiet for QUIET seconds to
+DST/PREFIX/<same relative path> (PREFIX: the pod name, so pods and restarts never collide).
+ComfyUI numbers files from what is in its local folder, so local copies are kept for RETAIN
+seconds (its /view keeps working) and a name that still exists in S3 gets a -N suffix
+instead of replacing the earlier object. On SIGTERM (after ComfyUI exited: native sidecar)
+it copies everything that is left.
 """
-import os, shutil, signal, sys, time
+import os, signal, sys, time
 
-SRC, DST, QUIET = sys.argv[1], sys.argv[2], float(sys.argv[3])
+SRC, DST, QUIET, RETAIN, PREFIX = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
 stopping = False
+done = {}  # local path -> (mtime_ns, size) when it was copied
 
 
 def stop(*_):
@@ -57,19 +68,42 @@ def stop(*_):
 signal.signal(signal.SIGTERM, stop)
 
 
+def create_new(path):
+    """Open a file that does not exist yet (exclusive create): name, name-1, name-2, ..."""
+    base, ext = os.path.splitext(path)
+    n = 0
+    while True:
+        candidate = path if n == 0 else f"{base}-{n}{ext}"
+        try:
+            return candidate, open(candidate, "xb")
+        except FileExistsError:
+            n += 1
+
+
 def sweep(quiet):
     now = time.time()
     for root, _, files in os.walk(SRC):
         for name in files:
             src = os.path.join(root, name)
             try:
-                if now - os.stat(src).st_mtime < quiet:
+                st = os.stat(src)
+                stamp = (st.st_mtime_ns, st.st_size)
+                if done.get(src) == stamp:
+                    if now - st.st_mtime > RETAIN:
+                        os.remove(src)
+                        del done[src]
                     continue
-                dst = os.path.join(DST, os.path.relpath(src, SRC))
+                if now - st.st_mtime < quiet:
+                    continue
+                dst = os.path.join(DST, PREFIX, os.path.relpath(src, SRC))
                 os.makedirs(os.path.dirname(dst), exist_ok=True)
-                tmp_free_copy = shutil.copyfile(src, dst)
-                os.remove(src)
-                print("uploaded", repr(os.path.relpath(tmp_free_copy, DST)), flush=True)
+                with open(src, "rb") as reader:
+                    written, writer = create_new(dst)
+                    with writer:
+                        while chunk := reader.read(8 << 20):
+                            writer.write(chunk)
+                done[src] = stamp
+                print("uploaded", repr(os.path.relpath(written, DST)), flush=True)
             except OSError as exc:
                 print("retrying later:", repr(src), exc, file=sys.stderr, flush=True)
 
@@ -174,12 +208,20 @@ def deployment(*, image: str, replicas: int) -> dict[str, Any]:
                         {
                             "name": "wait-for-model-cache",
                             "image": image,
+                            # A deadline, so a node whose sync keeps failing shows up as an
+                            # init error on the pod instead of waiting silently forever.
                             "command": [
                                 "/bin/sh",
                                 "-c",
-                                'until [ -f "$MARKER" ]; do echo "waiting for the node model cache ($MARKER)"; sleep 10; done',
+                                'deadline=$(( $(date +%s) + TIMEOUT )); until [ -f "$MARKER" ]; do '
+                                'if [ "$(date +%s)" -ge "$deadline" ]; then echo "model cache not complete after ${TIMEOUT}s: '
+                                f'check journalctl -u {names.SYNC_SERVICE_NAME} on the node" >&2; exit 1; fi; '
+                                'echo "waiting for the node model cache ($MARKER)"; sleep 10; done',
                             ],
-                            "env": [{"name": "MARKER", "value": marker}],
+                            "env": [
+                                {"name": "MARKER", "value": marker},
+                                {"name": "TIMEOUT", "value": str(MODEL_CACHE_WAIT_SECONDS)},
+                            ],
                             "securityContext": _container_security(),
                             "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "64Mi"}},
                             "volumeMounts": [{"name": "node-cache", "mountPath": CACHE_MOUNT, "readOnly": True}],
@@ -190,7 +232,16 @@ def deployment(*, image: str, replicas: int) -> dict[str, Any]:
                             "name": "outputs-uploader",
                             "image": image,
                             "restartPolicy": "Always",
-                            "command": ["python", "/opt/uploader/uploader.py", LOCAL_OUTPUTS, S3_OUTPUTS, "30"],
+                            "command": [
+                                "python",
+                                "/opt/uploader/uploader.py",
+                                LOCAL_OUTPUTS,
+                                S3_OUTPUTS,
+                                str(UPLOAD_QUIET_SECONDS),
+                                str(LOCAL_OUTPUT_RETAIN_SECONDS),
+                                "$(POD_NAME)",
+                            ],
+                            "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
                             "securityContext": _container_security(),
                             "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
                             "volumeMounts": [

@@ -142,7 +142,7 @@ class Edge(Construct):
             description=f"{project}: CloudFront WAF logs",
             account_id=account_id,
             partition=partition,
-            service_principals=["logs.us-east-1.amazonaws.com"],
+            logs_regions=["us-east-1"],
             region="us-east-1",
         )
         waf_logs = CloudwatchLogGroup(

@@ -18,6 +18,8 @@ diff in the plan.
 
 from __future__ import annotations
 
+import base64
+import gzip
 import re
 import shlex
 from pathlib import Path
@@ -30,8 +32,12 @@ SYNC_SCRIPT = SCRIPTS_DIR / "model-cache-sync.sh"
 
 # Fixed, so that the rendered user-data (and therefore the plan) is stable.
 MIME_BOUNDARY = "==COMFYUI-GPU-NODE-USER-DATA=="
-# Terminates the quoted heredoc that carries the sync script inside the user-data.
-HEREDOC_DELIMITER = "COMFYUI_MODEL_SYNC_SCRIPT_EOF"
+# Terminates the quoted heredocs that carry the scripts inside the user-data.
+HEREDOC_DELIMITER = "COMFYUI_NODE_SCRIPT_EOF"
+# Where the set-up script is unpacked on the node before it runs.
+SETUP_INSTALL_PATH = Path("/usr/local/lib/comfyui/gpu-node-setup.sh")
+# EC2 rejects user-data above 16,384 bytes; Karpenter appends its NodeConfig part (~2 KB).
+USER_DATA_BUDGET_BYTES = 12_000
 
 # S3 bucket naming rules (lower case, digits, dots, hyphens; 3-63 characters). Also
 # rejects unresolved Terraform/cdktf tokens: the name is needed as a literal here.
@@ -68,12 +74,14 @@ def _normalise_prefixes(model_prefixes: tuple[str, ...]) -> str:
     return " ".join(normalised)
 
 
-def _script_body(path: Path) -> str:
-    """A script's text without its shebang line (the user-data part has its own)."""
-    text = path.read_text(encoding="utf-8")
-    if text.startswith("#!"):
-        text = text.split("\n", 1)[1]
-    return text
+def _embed(path: Path, target: str) -> str:
+    """Shell lines that write `path`'s exact bytes to `target` (a shell word, quoted) from a
+    gzip+base64 heredoc. gzip with mtime=0 keeps the output deterministic."""
+    data = path.read_bytes()
+    if not data.isascii():
+        raise ValueError(f"{path.name} must be ASCII")
+    encoded = base64.encodebytes(gzip.compress(data, compresslevel=9, mtime=0)).decode("ascii")
+    return f"base64 -d <<'{HEREDOC_DELIMITER}' | gunzip -c >{target}\n{encoded}{HEREDOC_DELIMITER}\n"
 
 
 def render_gpu_user_data(*, models_bucket: str, region: str, model_prefixes: tuple[str, ...]) -> str:
@@ -95,12 +103,6 @@ def render_gpu_user_data(*, models_bucket: str, region: str, model_prefixes: tup
     variables["MODEL_PREFIXES"] = _normalise_prefixes(model_prefixes)
     exports = "".join(f"export {key}={shlex.quote(value)}\n" for key, value in variables.items())
 
-    sync_script = SYNC_SCRIPT.read_text(encoding="utf-8")
-    if HEREDOC_DELIMITER in sync_script.splitlines():
-        raise ValueError(f"{SYNC_SCRIPT.name} contains the heredoc delimiter {HEREDOC_DELIMITER}")
-    if not sync_script.endswith("\n"):
-        sync_script += "\n"
-
     script = (
         "#!/usr/bin/env bash\n"
         "# ComfyUI GPU node: NVMe instance-store model cache and its sync service.\n"
@@ -109,22 +111,27 @@ def render_gpu_user_data(*, models_bucket: str, region: str, model_prefixes: tup
         "\n"
         f"{exports}"
         "\n"
-        "# The model sync script (modules/scripts/model-cache-sync.sh).\n"
-        'mkdir -p -- "$(dirname -- "${SYNC_SCRIPT_PATH}")"\n'
-        f"cat >\"${{SYNC_SCRIPT_PATH}}\" <<'{HEREDOC_DELIMITER}'\n"
-        f"{sync_script}"
-        f"{HEREDOC_DELIMITER}\n"
-        'chmod 0755 -- "${SYNC_SCRIPT_PATH}"\n'
-        "\n"
-        "# The node set-up (modules/scripts/gpu-node-setup.sh).\n"
-        f"{_script_body(SETUP_SCRIPT)}"
+        "# EC2 caps user-data at 16 KiB (and Karpenter adds its NodeConfig part), so the two\n"
+        "# scripts travel gzip-compressed and base64-encoded, and are unpacked here.\n"
+        'mkdir -p -- "$(dirname -- "${SYNC_SCRIPT_PATH}")" ' + shlex.quote(str(SETUP_INSTALL_PATH.parent)) + "\n"
+        + _embed(SYNC_SCRIPT, '"${SYNC_SCRIPT_PATH}"')
+        + 'chmod 0755 -- "${SYNC_SCRIPT_PATH}"\n'
+        + _embed(SETUP_SCRIPT, shlex.quote(str(SETUP_INSTALL_PATH)))
+        # A node whose cache cannot be set up would join the cluster anyway (nodeadm only
+        # orders itself after cloud-init, it does not require it) and sit idle, a GPU billed
+        # for nothing: power it off, so its pods are evicted and Karpenter removes the empty node.
+        + f"if ! bash {shlex.quote(str(SETUP_INSTALL_PATH))}; then\n"
+        + '  echo "gpu-node-setup failed; powering off so that Karpenter replaces this node" >&2\n'
+        + "  systemctl poweroff\n"
+        + "  exit 1\n"
+        + "fi\n"
     )
     if not script.isascii():
         raise ValueError("the GPU node scripts must be ASCII (the MIME part is declared us-ascii)")
     if MIME_BOUNDARY in script:
         raise ValueError(f"the script contains the MIME boundary {MIME_BOUNDARY}")
 
-    return (
+    user_data = (
         "MIME-Version: 1.0\n"
         f'Content-Type: multipart/mixed; boundary="{MIME_BOUNDARY}"\n'
         "\n"
@@ -135,3 +142,9 @@ def render_gpu_user_data(*, models_bucket: str, region: str, model_prefixes: tup
         "\n"
         f"--{MIME_BOUNDARY}--\n"
     )
+    if len(user_data.encode("ascii")) > USER_DATA_BUDGET_BYTES:
+        raise ValueError(
+            f"GPU user-data is {len(user_data)} bytes, over the {USER_DATA_BUDGET_BYTES}-byte budget "
+            "(EC2 allows 16,384 including Karpenter's NodeConfig part); shrink modules/scripts/*.sh"
+        )
+    return user_data

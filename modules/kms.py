@@ -8,12 +8,19 @@ from constructs import Construct
 from cdktf_cdktf_provider_aws.kms_alias import KmsAlias
 from cdktf_cdktf_provider_aws.kms_key import KmsKey
 
-from modules.iam import Principal, Statement, policy_json
+from modules.iam import Condition, Principal, Statement, policy_json
 
 
 class EncryptionKey(Construct):
-    """A symmetric key. The account root administers it (so IAM policies can grant use),
-    and `service_principals` may use it for encryption on the account's behalf."""
+    """A symmetric key. The account root administers it (so IAM policies can grant use).
+    AWS services may use it on this account's behalf only, each scoped by a condition
+    (confused-deputy protection):
+
+    - `logs_regions`: CloudWatch Logs in those regions, for this account's log groups
+      (encryption-context condition from the CloudWatch Logs KMS documentation);
+    - `s3_notifications`: S3 delivering this account's event notifications into a queue
+      encrypted with this key (aws:SourceAccount).
+    """
 
     def __init__(
         self,
@@ -24,7 +31,8 @@ class EncryptionKey(Construct):
         description: str,
         account_id: str,
         partition: str,
-        service_principals: Sequence[str] = (),
+        logs_regions: Sequence[str] = (),
+        s3_notifications: bool = False,
         region: str | None = None,
     ) -> None:
         super().__init__(scope, id_)
@@ -35,12 +43,36 @@ class EncryptionKey(Construct):
                 principals=(Principal(type="AWS", identifiers=[f"arn:{partition}:iam::{account_id}:root"]),),
             )
         ]
-        if service_principals:
+        for logs_region in logs_regions:
+            suffix = "".join(part.title() for part in logs_region.split("-"))
+            logs = (Principal(type="Service", identifiers=[f"logs.{logs_region}.amazonaws.com"]),)
             statements.append(
                 Statement(
-                    sid="ServicesUseKey",
-                    actions=["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:DescribeKey"],
-                    principals=(Principal(type="Service", identifiers=list(service_principals)),),
+                    sid=f"CloudWatchLogs{suffix}",
+                    # Explicit actions: the encryption-context condition exists only on these
+                    # (with Describe* in the same statement, DescribeKey could never match).
+                    actions=[
+                        "kms:Encrypt", "kms:Decrypt", "kms:ReEncryptFrom", "kms:ReEncryptTo",
+                        "kms:GenerateDataKey", "kms:GenerateDataKeyWithoutPlaintext",
+                    ],
+                    principals=logs,
+                    conditions=(
+                        Condition(
+                            test="StringLike",
+                            variable="kms:EncryptionContext:aws:logs:arn",
+                            values=[f"arn:{partition}:logs:{logs_region}:{account_id}:log-group:*"],
+                        ),
+                    ),
+                )
+            )
+            statements.append(Statement(sid=f"CloudWatchLogsDescribe{suffix}", actions=["kms:DescribeKey"], principals=logs))
+        if s3_notifications:
+            statements.append(
+                Statement(
+                    sid="S3EventNotifications",
+                    actions=["kms:GenerateDataKey", "kms:Decrypt"],
+                    principals=(Principal(type="Service", identifiers=["s3.amazonaws.com"]),),
+                    conditions=(Condition(test="StringEquals", variable="aws:SourceAccount", values=[account_id]),),
                 )
             )
         key = KmsKey(
@@ -55,4 +87,3 @@ class EncryptionKey(Construct):
         KmsAlias(self, "alias", name=f"alias/{alias}", target_key_id=key.key_id, region=region)
         self.key_arn = key.arn
         self.key_id = key.key_id
-

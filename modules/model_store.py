@@ -45,7 +45,8 @@ class ModelStore(Construct):
             description=f"{project}: models, inputs, outputs, model-sync queue and logs",
             account_id=account_id,
             partition=partition,
-            service_principals=[f"logs.{region}.amazonaws.com", "s3.amazonaws.com"],
+            logs_regions=[region],
+            s3_notifications=True,
         )
         logs = AccessLogBucket(
             self, "access_logs", bucket_name=access_logs_bucket, account_id=account_id, partition=partition

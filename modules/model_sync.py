@@ -141,14 +141,15 @@ class ModelSync(Construct):
             self,
             "notification",
             bucket=models_bucket_id,
+            # No prefixes configured = the whole bucket is models: one unfiltered rule.
             queue=[
                 S3BucketNotificationQueue(
-                    id=f"models-{prefix.rstrip('/')}",
+                    id=f"models-{prefix.rstrip('/')}" if prefix else "models-all",
                     queue_arn=queue.arn,
                     events=["s3:ObjectCreated:*", "s3:ObjectRemoved:*"],
-                    filter_prefix=prefix,
+                    filter_prefix=prefix or None,
                 )
-                for prefix in model_prefixes
+                for prefix in (model_prefixes or [""])
             ],
             depends_on=[policy],
         )
@@ -165,7 +166,18 @@ class ModelSync(Construct):
                 actions=["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"],
                 resources=[queue.arn],
             ),
-            Statement(sid="DecryptQueueAndEnvironment", actions=["kms:Decrypt"], resources=[kms_key_arn]),
+            Statement(
+                sid="DecryptQueueAndEnvironment",
+                actions=["kms:Decrypt"],
+                resources=[kms_key_arn],
+                conditions=(
+                    Condition(
+                        test="StringEquals",
+                        variable="kms:ViaService",
+                        values=[f"sqs.{region}.amazonaws.com", f"lambda.{region}.amazonaws.com"],
+                    ),
+                ),
+            ),
             # DescribeInstances has no resource-level permissions: it only counts GPU nodes.
             Statement(sid="FindGpuNodes", actions=["ec2:DescribeInstances"], resources=["*"]),
             Statement(
@@ -201,8 +213,8 @@ class ModelSync(Construct):
             source_code_hash=package.asset_hash,
             timeout=LAMBDA_TIMEOUT_SECONDS,
             memory_size=256,
-            # Bounds concurrent syncs; the event source mapping allows 2 (its minimum).
-            reserved_concurrent_executions=5,
+            # No reserved concurrency: in accounts with the default quota of 10, a reservation
+            # fails at apply; the event source mapping's maximum_concurrency (2) bounds it.
             kms_key_arn=kms_key_arn,
             tracing_config=LambdaFunctionTracingConfig(mode="PassThrough"),
             environment=LambdaFunctionEnvironment(

@@ -24,7 +24,9 @@ def csi_values() -> dict[str, Any]:
     return chart_values("aws-mountpoint-s3-csi-driver", {"node": {"serviceAccount": {"name": CSI_NODE_SERVICE_ACCOUNT}}})
 
 
-def s3_volume(*, name: str, bucket: str, region: str, read_only: bool, storage: str = "1200Gi") -> list[dict[str, Any]]:
+def s3_volume(
+    *, name: str, bucket: str, region: str, read_only: bool, allow_overwrite: bool, storage: str = "1200Gi"
+) -> list[dict[str, Any]]:
     """A static PersistentVolume bound to one PersistentVolumeClaim in the ComfyUI namespace."""
     options = [
         f"region {region}",
@@ -34,8 +36,9 @@ def s3_volume(*, name: str, bucket: str, region: str, read_only: bool, storage: 
         "allow-other",
     ]
     if not read_only:
-        # Uploads overwrite same-named inputs; the outputs uploader may retry a copy.
-        options.extend(["allow-delete", "allow-overwrite"])
+        options.append("allow-delete")
+    if allow_overwrite:
+        options.append("allow-overwrite")
     else:
         options.append("read-only")
     pv_name = f"{names.COMFYUI_NAMESPACE}-{name}"
@@ -83,8 +86,11 @@ def namespace_manifest() -> dict[str, Any]:
 
 def volume_manifests(*, inputs_bucket: str, outputs_bucket: str, region: str) -> list[dict[str, Any]]:
     return [
-        *s3_volume(name="inputs", bucket=inputs_bucket, region=region, read_only=False),
-        *s3_volume(name="outputs", bucket=outputs_bucket, region=region, read_only=False),
+        # ComfyUI's upload API replaces a same-named input when asked to (overwrite=true).
+        *s3_volume(name="inputs", bucket=inputs_bucket, region=region, read_only=False, allow_overwrite=True),
+        # Outputs are never replaced: the uploader creates new names, and a collision fails
+        # loudly instead of silently overwriting an earlier generation.
+        *s3_volume(name="outputs", bucket=outputs_bucket, region=region, read_only=False, allow_overwrite=False),
     ]
 
 

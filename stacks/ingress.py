@@ -19,7 +19,7 @@ def ingress_settings(config: Config, *, cognito: dict[str, str] | None) -> Ingre
         source_cidrs=private if internal else public,
         # Internal: the VPC only (a VPN or peering into it; CloudFront VPC origins also come
         # from inside the VPC). Internet-facing: anyone, because authentication is required.
-        inbound_cidrs=[config.network.vpc_cidr] if internal else ["0.0.0.0/0"],
+        inbound_cidrs=(list(config.network.internal_alb_cidrs) or [config.network.vpc_cidr]) if internal else ["0.0.0.0/0"],
         domain=config.auth.domain,
         certificate_arn=config.auth.certificate_arn,
         cognito=cognito if config.auth.mode == "cognito" else None,

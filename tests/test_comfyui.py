@@ -259,28 +259,76 @@ def test_edge_distribution(synth_variants):
 # --- the code the pod runs ------------------------------------------------------------
 
 
-def test_uploader_moves_quiet_files_and_flushes_on_sigterm(tmp_path):
+def _start_uploader(tmp_path, *, quiet: str, retain: str):
     script = tmp_path / "uploader.py"
     script.write_text(comfyui.UPLOADER_SCRIPT)
     src, dst = tmp_path / "local", tmp_path / "s3"
-    (src / "video").mkdir(parents=True)
-    dst.mkdir()
-    old = src / "video" / "clip $(x).mp4"
-    old.write_bytes(b"finished")
-    os.utime(old, (time.time() - 120, time.time() - 120))
-    fresh = src / "image.png"
-    fresh.write_bytes(b"still being written")
-    proc = subprocess.Popen([sys.executable, str(script), str(src), str(dst), "60"], stdout=subprocess.PIPE, text=True)
-    deadline = time.time() + 20
-    while not (dst / "video" / "clip $(x).mp4").exists() and time.time() < deadline:
+    src.mkdir(exist_ok=True)
+    dst.mkdir(exist_ok=True)
+    proc = subprocess.Popen([sys.executable, str(script), str(src), str(dst), quiet, retain, "comfyui-abc-123"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return proc, src, dst / "comfyui-abc-123"
+
+
+def _wait_for(path, seconds=20):
+    deadline = time.time() + seconds
+    while not path.exists() and time.time() < deadline:
         time.sleep(0.2)
-    assert (dst / "video" / "clip $(x).mp4").read_bytes() == b"finished"
-    assert not old.exists()
-    assert fresh.exists() and not (dst / "image.png").exists(), "a file still being written must wait"
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=30)
-    assert (dst / "image.png").read_bytes() == b"still being written", "SIGTERM flushes everything"
-    assert not fresh.exists()
+    return path.exists()
+
+
+def test_uploader_copies_quiet_files_under_the_pod_prefix_and_flushes_on_sigterm(tmp_path):
+    proc, src, dst = _start_uploader(tmp_path, quiet="60", retain="3600")
+    try:
+        (src / "video").mkdir()
+        old = src / "video" / "clip $(x).mp4"
+        old.write_bytes(b"finished")
+        os.utime(old, (time.time() - 120, time.time() - 120))
+        fresh = src / "image.png"
+        fresh.write_bytes(b"still being written")
+        assert _wait_for(dst / "video" / "clip $(x).mp4")
+        assert (dst / "video" / "clip $(x).mp4").read_bytes() == b"finished"
+        assert old.exists(), "local copies stay for the retention window (ComfyUI /view, numbering)"
+        assert not (dst / "image.png").exists(), "a file still being written must wait"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert (dst / "image.png").read_bytes() == b"still being written", "SIGTERM copies everything left"
+
+
+def test_uploader_never_overwrites_an_earlier_output(tmp_path):
+    """ComfyUI restarts its numbering (new pod, emptied folder): the same name must not
+    replace the earlier object in S3."""
+    (tmp_path / "s3" / "comfyui-abc-123").mkdir(parents=True)
+    earlier = tmp_path / "s3" / "comfyui-abc-123" / "ComfyUI_00001_.png"
+    earlier.write_bytes(b"yesterday")
+    proc, src, dst = _start_uploader(tmp_path, quiet="0", retain="3600")
+    try:
+        (src / "ComfyUI_00001_.png").write_bytes(b"today")
+        assert _wait_for(dst / "ComfyUI_00001_-1.png")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert earlier.read_bytes() == b"yesterday"
+    assert (dst / "ComfyUI_00001_-1.png").read_bytes() == b"today"
+
+
+def test_uploader_removes_local_copies_after_retention_only_once_uploaded(tmp_path):
+    proc, src, dst = _start_uploader(tmp_path, quiet="0", retain="1")
+    try:
+        out = src / "a.png"
+        out.write_bytes(b"x")
+        os.utime(out, (time.time() - 10, time.time() - 10))
+        assert _wait_for(dst / "a.png")
+        deadline = time.time() + 20
+        while out.exists() and time.time() < deadline:
+            time.sleep(0.2)
+        assert not out.exists()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert (dst / "a.png").read_bytes() == b"x"
+    assert not (dst / "a-1.png").exists(), "an uploaded file is copied once"
 
 
 class _Queue(http.server.BaseHTTPRequestHandler):
@@ -311,3 +359,30 @@ def test_prestop_waits_for_running_generation():
         assert time.time() - start < 10
     finally:
         server.shutdown()
+
+
+@pytest.mark.parametrize("marker_present", [True, False])
+def test_wait_for_model_cache_init_container(synth, tmp_path, marker_present):
+    """Run the init container's own command: it returns once the marker exists, and gives up
+    with a message naming the sync service when the deadline passes."""
+    wait = _deployment(synth)["spec"]["template"]["spec"]["initContainers"][0]
+    marker = tmp_path / "marker"
+    if marker_present:
+        marker.write_text("done")
+    env = {"PATH": "/usr/bin:/bin", "MARKER": str(marker), "TIMEOUT": "1"}
+    result = subprocess.run(wait["command"], env=env, capture_output=True, text=True, timeout=60)
+    if marker_present:
+        assert result.returncode == 0
+    else:
+        assert result.returncode == 1
+        assert names.SYNC_SERVICE_NAME in result.stderr
+
+
+def test_internal_alb_admits_configured_vpn_and_peering_ranges():
+    base = yaml.safe_load(open(os.path.join(os.path.dirname(__file__), "..", "config", "default.yaml")))
+    config = parse_config(base)
+    assert ingress_settings(config, cognito=None).inbound_cidrs == [config.network.vpc_cidr]
+    base["network"]["internal_alb_cidrs"] = ["10.99.0.0/16", "192.168.8.0/24"]
+    settings = ingress_settings(parse_config(base), cognito=None)
+    annotations = comfyui.ingress(settings)["metadata"]["annotations"]
+    assert annotations["alb.ingress.kubernetes.io/inbound-cidrs"] == "10.99.0.0/16,192.168.8.0/24"

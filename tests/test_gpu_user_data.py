@@ -16,6 +16,7 @@ from core import names
 from modules.gpu_user_data import (
     HEREDOC_DELIMITER,
     MIME_BOUNDARY,
+    SETUP_INSTALL_PATH,
     escape_terraform,
     render_gpu_user_data,
 )
@@ -86,29 +87,73 @@ def test_whole_bucket_when_no_prefixes():
     assert "export MODEL_PREFIXES=''\n" in script
 
 
-def test_the_sync_script_travels_byte_for_byte(tmp_path):
+def _unpack_all(script: str, tmp_path) -> dict[str, bytes]:
+    """Run every `base64 -d <<... | gunzip -c >TARGET` block of the user-data with the
+    targets redirected into tmp_path; returns {target as written in the script: bytes}."""
+    out = {}
+    lines = script.splitlines(keepends=True)
+    i = 0
+    while i < len(lines):
+        if lines[i].startswith("base64 -d <<"):
+            j = lines.index(f"{HEREDOC_DELIMITER}\n", i)
+            target = lines[i].rsplit(">", 1)[1].strip()
+            local = tmp_path / f"unpacked-{len(out)}"
+            block = "".join(lines[i:j + 1]).replace(f">{target}\n", f">{shlex.quote(str(local))}\n", 1)
+            subprocess.run(["bash", "-c", "set -euo pipefail\n" + block], env={"PATH": "/usr/bin:/bin"}, check=True)
+            out[target] = local.read_bytes()
+            i = j
+        i += 1
+    return out
+
+
+def test_both_scripts_travel_byte_for_byte(tmp_path):
     script = _script(render_gpu_user_data(**ARGS))
-    start = script.index('cat >"${SYNC_SCRIPT_PATH}"')
-    end = script.index(f"\n{HEREDOC_DELIMITER}\n", start) + len(HEREDOC_DELIMITER) + 2
-    target = tmp_path / "sbin" / "comfyui-model-sync"
-    target.parent.mkdir()
-    subprocess.run(
-        ["bash", "-c", script[start:end]],
-        env={"PATH": "/usr/bin:/bin", "SYNC_SCRIPT_PATH": str(target)},
-        check=True,
+    unpacked = _unpack_all(script, tmp_path)
+    assert unpacked == {
+        '"${SYNC_SCRIPT_PATH}"': SYNC.read_bytes(),
+        shlex.quote(str(SETUP_INSTALL_PATH)): SETUP.read_bytes(),
+    }
+
+
+def test_bootstrap_order():
+    script = _script(render_gpu_user_data(**ARGS))
+    # Exported before anything reads them; the sync script is installed before set-up runs.
+    assert script.index("export MODELS_BUCKET=") < script.index("base64 -d")
+    assert script.index('>"${SYNC_SCRIPT_PATH}"') < script.index(f">{shlex.quote(str(SETUP_INSTALL_PATH))}")
+    assert f"if ! bash {shlex.quote(str(SETUP_INSTALL_PATH))}; then" in script
+
+
+@pytest.mark.parametrize(("setup_exit", "powered_off"), [(0, False), (1, True)])
+def test_failed_setup_powers_the_node_off(tmp_path, setup_exit, powered_off):
+    """The bootstrap's tail, with the set-up script replaced by one that exits `setup_exit`
+    and systemctl stubbed: a failed set-up powers the node off, a good one does not."""
+    script = _script(render_gpu_user_data(**ARGS))
+    tail = script[script.index(f"if ! bash {shlex.quote(str(SETUP_INSTALL_PATH))}"):]
+    fake_setup = tmp_path / "setup.sh"
+    fake_setup.write_text(f"exit {setup_exit}\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "systemctl.log"
+    (bin_dir / "systemctl").write_text(f'#!/bin/sh\necho "$@" >> {shlex.quote(str(log))}\n')
+    (bin_dir / "systemctl").chmod(0o755)
+    tail = tail.replace(shlex.quote(str(SETUP_INSTALL_PATH)), shlex.quote(str(fake_setup)))
+    result = subprocess.run(["bash", "-c", "set -euo pipefail\n" + tail], env={"PATH": f"{bin_dir}:/usr/bin:/bin"},
+                            capture_output=True, text=True)
+    assert (result.returncode != 0) is powered_off
+    assert (log.exists() and log.read_text().strip() == "poweroff") is powered_off
+
+
+def test_user_data_fits_ec2_limit_with_karpenter_part():
+    """EC2 rejects user-data over 16,384 bytes; Karpenter appends its NodeConfig (CA bundle,
+    endpoint, kubelet settings: a few KB). The default configuration must leave room."""
+    from core.config import load_config
+    from modules.gpu_user_data import USER_DATA_BUDGET_BYTES
+
+    config = load_config()
+    user_data = render_gpu_user_data(
+        models_bucket=config.models_bucket, region=config.region, model_prefixes=config.model_sync.prefixes
     )
-    assert target.read_bytes() == SYNC.read_bytes()
-
-
-def test_the_setup_script_follows_the_sync_script():
-    script = _script(render_gpu_user_data(**ARGS))
-    setup_body = SETUP.read_text().split("\n", 1)[1]
-    assert script.endswith(setup_body)
-    # One shebang for the part, one inside the installed sync script; none mid-script.
-    assert script.count("#!/usr/bin/env bash") == 2
-    assert script.index(HEREDOC_DELIMITER) < script.index(setup_body)
-    # Exported before anything reads them.
-    assert script.index("export MODELS_BUCKET=") < script.index('cat >"${SYNC_SCRIPT_PATH}"')
+    assert len(user_data.encode()) <= USER_DATA_BUDGET_BYTES <= 16_384 - 4_000
 
 
 def test_the_rendered_script_parses(tmp_path):

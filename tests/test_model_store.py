@@ -143,6 +143,8 @@ def test_csi_volumes_valid_and_mounted_for_comfyui(synth):
             opts = m["spec"]["mountOptions"]
             assert f"region {c.region}" in opts and f"uid={names.COMFYUI_UID}" in opts and f"gid={names.COMFYUI_GID}" in opts
             assert "allow-delete" in opts
+            # inputs may be replaced (ComfyUI's upload overwrite=true); outputs never are
+            assert ("allow-overwrite" in opts) is (m["metadata"]["name"].endswith("-inputs"))
             handles.add(m["spec"]["csi"]["volumeHandle"])
     assert len(handles) == 2, "volume handles must be unique"
     # and those very objects are what the workload stack applies
@@ -166,3 +168,20 @@ def test_bad_volume_manifest_fails_validation(synth):
     m["spec"]["mountOptionz"] = m["spec"].pop("mountOptions")
     with pytest.raises(kubernetes_validate.ValidationError):
         validate_strict(m, k8s_version(synth.config))
+
+
+def test_no_prefixes_means_every_change_notifies(tmp_path):
+    """prefixes: [] caches the whole bucket on the nodes, so every change must notify too."""
+    import yaml as _yaml
+
+    from core.config import DEFAULT_CONFIG, parse_config
+    from tests.conftest import Synth
+
+    data = _yaml.safe_load(DEFAULT_CONFIG.read_text())
+    data["model_sync"] = {"prefixes": []}
+    synth = Synth(parse_config(data), tmp_path / "out")
+    notification = next(iter(synth.resources("platform", "aws_s3_bucket_notification").values()))
+    assert len(notification["queue"]) == 1
+    assert "filter_prefix" not in notification["queue"][0]
+    fn = next(iter(synth.resources("platform", "aws_lambda_function").values()))
+    assert fn["environment"]["variables"][names.ENV_MODEL_PREFIXES] == ""
