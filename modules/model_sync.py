@@ -185,6 +185,9 @@ class ModelSync(Construct):
                 actions=["ssm:SendCommand"],
                 resources=[f"arn:{partition}:ssm:{region}:{account_id}:document/{name}"],
             ),
+            # AWS's documented pattern ("Restricting Run Command access based on tags", SSM user
+            # guide): the document in one statement, the instances in another with the tag
+            # condition; SSM evaluates it per target instance (others show AccessDenied).
             Statement(
                 sid="SendToThisClustersNodes",
                 actions=["ssm:SendCommand"],
