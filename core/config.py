@@ -379,10 +379,6 @@ class Config(_Model):
         return f"{self.project}-{cycle}"
 
     @property
-    def public_endpoint(self) -> bool:
-        return self.auth.mode != "internal" or self.edge.cloudfront
-
-    @property
     def alb_scheme(self) -> str:
         """internal unless the ALB itself must face the internet (CloudFront reaches an
         internal ALB through a VPC origin)."""
