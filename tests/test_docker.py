@@ -236,7 +236,9 @@ def test_extra_model_paths_cover_the_model_prefixes():
 # --- Stub commands ------------------------------------------------------------------------
 
 STUB_DOCKER = r"""#!/usr/bin/env bash
-{ printf 'docker'; printf '\t%s' "$@"; printf '\n'; } >> "$STUB_LOG"
+# One write() per line: the two ends of a pipeline log concurrently, and O_APPEND
+# only keeps a line whole when it is written in one call.
+line=$(printf 'docker'; printf '\t%s' "$@"); printf '%s\n' "$line" >> "$STUB_LOG"
 case "$1" in
   info)
     if [[ "${STUB_DOCKER_INFO_RC:-0}" != 0 ]]; then
@@ -253,7 +255,9 @@ esac
 """
 
 STUB_AWS = r"""#!/usr/bin/env bash
-{ printf 'aws'; printf '\t%s' "$@"; printf '\n'; } >> "$STUB_LOG"
+# One write() per line: the two ends of a pipeline log concurrently, and O_APPEND
+# only keeps a line whole when it is written in one call.
+line=$(printf 'aws'; printf '\t%s' "$@"); printf '%s\n' "$line" >> "$STUB_LOG"
 case "$1 $2" in
   "sts get-caller-identity")
     if [[ -n "${STUB_AWS_NO_CREDENTIALS:-}" ]]; then
@@ -278,7 +282,9 @@ esac
 """
 
 STUB_GIT = r"""#!/usr/bin/env bash
-{ printf 'git'; printf '\t%s' "$@"; printf '\n'; } >> "$STUB_LOG"
+# One write() per line: the two ends of a pipeline log concurrently, and O_APPEND
+# only keeps a line whole when it is written in one call.
+line=$(printf 'git'; printf '\t%s' "$@"); printf '%s\n' "$line" >> "$STUB_LOG"
 if [[ "$1" == "-C" ]]; then dir=$2; shift 2; fi
 case "$1" in
   clone)
@@ -292,7 +298,9 @@ esac
 """
 
 STUB_PYTHON = r"""#!/usr/bin/env bash
-{ printf 'python3'; printf '\t%s' "$@"; printf '\n'; } >> "$STUB_LOG"
+# One write() per line: the two ends of a pipeline log concurrently, and O_APPEND
+# only keeps a line whole when it is written in one call.
+line=$(printf 'python3'; printf '\t%s' "$@"); printf '%s\n' "$line" >> "$STUB_LOG"
 """
 
 EXCLUDED_FROM_SYSTEM = {"docker", "aws", "git", "python", "python3"}
