@@ -270,11 +270,26 @@ def _start_uploader(tmp_path, *, quiet: str, retain: str):
     return proc, src, dst / "comfyui-abc-123"
 
 
-def _wait_for(path, seconds=20):
+def _wait_for(path, content=None, seconds=20):
+    """Wait until `path` exists (and holds `content`): the uploader creates a file before
+    it writes it, so existence alone does not mean the copy is complete."""
+    def ready():
+        return path.exists() and (content is None or path.read_bytes() == content)
+
     deadline = time.time() + seconds
-    while not path.exists() and time.time() < deadline:
+    while not ready() and time.time() < deadline:
         time.sleep(0.2)
-    return path.exists()
+    return ready()
+
+
+def _place(path, data: bytes, *, age: float, staging_dir) -> None:
+    """Make `path` appear at once with an mtime `age` seconds old: written in `staging_dir`
+    (outside the watched tree, same filesystem) and renamed in, so the uploader never sees
+    it fresh and then again old (two copies)."""
+    staging = staging_dir / f".staging-{path.name}"
+    staging.write_bytes(data)
+    os.utime(staging, (time.time() - age, time.time() - age))
+    os.rename(staging, path)
 
 
 def test_uploader_copies_quiet_files_under_the_pod_prefix_and_flushes_on_sigterm(tmp_path):
@@ -282,12 +297,10 @@ def test_uploader_copies_quiet_files_under_the_pod_prefix_and_flushes_on_sigterm
     try:
         (src / "video").mkdir()
         old = src / "video" / "clip $(x).mp4"
-        old.write_bytes(b"finished")
-        os.utime(old, (time.time() - 120, time.time() - 120))
+        _place(old, b"finished", age=120, staging_dir=tmp_path)
         fresh = src / "image.png"
         fresh.write_bytes(b"still being written")
-        assert _wait_for(dst / "video" / "clip $(x).mp4")
-        assert (dst / "video" / "clip $(x).mp4").read_bytes() == b"finished"
+        assert _wait_for(dst / "video" / "clip $(x).mp4", b"finished")
         assert old.exists(), "local copies stay for the retention window (ComfyUI /view, numbering)"
         assert not (dst / "image.png").exists(), "a file still being written must wait"
     finally:
@@ -305,7 +318,7 @@ def test_uploader_never_overwrites_an_earlier_output(tmp_path):
     proc, src, dst = _start_uploader(tmp_path, quiet="0", retain="3600")
     try:
         (src / "ComfyUI_00001_.png").write_bytes(b"today")
-        assert _wait_for(dst / "ComfyUI_00001_-1.png")
+        assert _wait_for(dst / "ComfyUI_00001_-1.png", b"today")
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
@@ -317,9 +330,8 @@ def test_uploader_removes_local_copies_after_retention_only_once_uploaded(tmp_pa
     proc, src, dst = _start_uploader(tmp_path, quiet="0", retain="1")
     try:
         out = src / "a.png"
-        out.write_bytes(b"x")
-        os.utime(out, (time.time() - 10, time.time() - 10))
-        assert _wait_for(dst / "a.png")
+        _place(out, b"x", age=10, staging_dir=tmp_path)
+        assert _wait_for(dst / "a.png", b"x")
         deadline = time.time() + 20
         while out.exists() and time.time() < deadline:
             time.sleep(0.2)
