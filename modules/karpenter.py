@@ -26,6 +26,17 @@ NVIDIA_DEVICE_PLUGIN_REPOSITORY = "https://nvidia.github.io/k8s-device-plugin"
 NVIDIA_DEVICE_PLUGIN_VERSION = "0.18.1"
 MANIFESTS_CHART = Path(__file__).resolve().parent.parent / "charts" / "manifests"
 GPU_NODE_LABEL = {names.NODE_ROLE_TAG_KEY: names.NODE_ROLE_GPU}
+# Upper bound for draining an expiring or deleted GPU node, so a running generation may
+# finish (the ComfyUI pod's own grace period is shorter).
+NODE_TERMINATION_GRACE_SECONDS = 3600
+# On destroy, helm provider 3.x passes `wait` to `helm uninstall`, which then waits until the
+# NodePool and EC2NodeClass are gone, i.e. until their finalizers have let Karpenter drain
+# and terminate every GPU node. Only then does Terraform uninstall the Karpenter chart
+# (`depends_on`). Without the wait the controller would go first, the NodeClaim finalizers
+# would never be released and the instances would outlive the cluster, blocking the VPC's
+# destroy. The timeout covers one full node drain plus Karpenter's own pace.
+# https://github.com/hashicorp/terraform-provider-helm/issues/593 (uninstall returning early)
+GPU_POOL_RELEASE_TIMEOUT_SECONDS = NODE_TERMINATION_GRACE_SECONDS + 600
 
 
 class KarpenterAws(Construct):
@@ -159,8 +170,7 @@ def gpu_node_pool(
                     # Only pods that tolerate the GPU taint (ComfyUI, GPU daemonsets) land here.
                     "taints": [{"key": names.GPU_TAINT_KEY, "value": "true", "effect": "NoSchedule"}],
                     "expireAfter": expire_after,
-                    # Upper bound for draining an expiring node: a running generation may finish.
-                    "terminationGracePeriod": "1h",
+                    "terminationGracePeriod": f"{NODE_TERMINATION_GRACE_SECONDS}s",
                 },
             },
             "limits": {names.GPU_RESOURCE: str(max_gpus)},
@@ -222,6 +232,7 @@ class KarpenterCluster(Construct):
             values=[to_yaml({"manifests": [escaped_class, node_pool]})],
             depends_on=[self.karpenter],
             wait=True,
+            timeout=GPU_POOL_RELEASE_TIMEOUT_SECONDS,
         )
         self.device_plugin = Release(
             self,

@@ -101,6 +101,14 @@ class WorkloadStack(ProjectStack):
                 self,
                 f"comfyui_{manifest['kind'].lower()}",
                 manifest=manifest,
-                # Namespace and volumes first; the Ingress needs the controller's webhook.
-                depends_on=[self.s3_volumes.namespace, *self.s3_volumes.volumes, self.load_balancer.release],
+                # Namespace and volumes first; the Ingress needs the controller's webhook (and,
+                # on destroy, the controller to delete the ALB and lift its finalizer). The GPU
+                # pool too, so destroy removes ComfyUI before Karpenter drains the GPU nodes:
+                # the drain then never races a Deployment that recreates its pods.
+                depends_on=[
+                    self.s3_volumes.namespace,
+                    *self.s3_volumes.volumes,
+                    self.load_balancer.release,
+                    self.karpenter.gpu_pool,
+                ],
             )

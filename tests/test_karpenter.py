@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from core import names
-from modules.karpenter import KARPENTER_CHART_VERSION, gpu_node_class, gpu_node_pool
+from modules import comfyui
+from modules.karpenter import KARPENTER_CHART_VERSION, NODE_TERMINATION_GRACE_SECONDS, gpu_node_class, gpu_node_pool
 from tests.crd_schema import errors, load_validator
 from tests.helpers import shared_file
 
@@ -118,6 +119,42 @@ def test_synthesized_pool_release_validates_and_keeps_shell_variables(synth, nod
     user_data = kinds["EC2NodeClass"]["spec"]["userData"]
     assert user_data == _class(synth.config)["spec"]["userData"], "user-data must reach the node byte for byte"
     assert "${" in user_data
+
+
+_DURATION = re.compile(r"(\d+)([hms])")
+
+
+def _seconds(duration: str) -> int:
+    assert re.fullmatch(r"(\d+[hms])+", duration), duration
+    return sum(int(n) * {"h": 3600, "m": 60, "s": 1}[unit] for n, unit in _DURATION.findall(duration))
+
+
+def test_gpu_node_drain_outlasts_a_comfyui_pod_shutdown(synth):
+    """A GPU node being drained (expiry, pool deletion) waits longer than a ComfyUI pod needs
+    to finish its running generation."""
+    grace = _seconds(_pool(synth.config)["spec"]["template"]["spec"]["terminationGracePeriod"])
+    assert grace == NODE_TERMINATION_GRACE_SECONDS
+    assert grace > comfyui.TERMINATION_GRACE_SECONDS
+
+
+def test_destroy_drains_gpu_nodes_before_karpenter_goes(synth):
+    """terraform destroy runs dependencies in reverse: ComfyUI, then the pool release (whose
+    uninstall waits for Karpenter to terminate every GPU node), then the Karpenter chart. A
+    pool release that did not wait, or a timeout shorter than a node drain, would remove the
+    controller while NodeClaims still hold finalizers and leave GPU instances running."""
+    pool = _release(synth, "gpu-nodepool")
+    releases = synth.resources("workload", "helm_release")
+    key = {r["name"]: k for k, r in releases.items()}
+    assert pool["wait"] is True
+    assert pool["timeout"] > NODE_TERMINATION_GRACE_SECONDS
+    assert pool["depends_on"] == [f"helm_release.{key['karpenter']}"]
+    manifests = synth.resources("workload", "kubernetes_manifest")
+    comfyui_objects = {k: m for k, m in manifests.items() if k.startswith("comfyui_")}
+    assert {m["manifest"]["kind"] for m in comfyui_objects.values()} >= {"Deployment", "Ingress", "PodDisruptionBudget"}
+    for name, manifest in comfyui_objects.items():
+        assert f"helm_release.{key['gpu-nodepool']}" in manifest["depends_on"], name
+        # The Ingress finalizer is lifted by the controller: it must outlive the Ingress.
+        assert f"helm_release.{key['aws-load-balancer-controller']}" in manifest["depends_on"], name
 
 
 def test_karpenter_chart_values(synth):
