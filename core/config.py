@@ -53,8 +53,9 @@ class NetworkConfig(_Model):
     # Who may reach the EKS API endpoint from the internet (it is IAM-authenticated either
     # way); narrow it to your CI runners' and admins' ranges.
     api_public_cidrs: tuple[str, ...] = ("0.0.0.0/0",)
-    # Who may reach an internal ALB (auth.mode internal). Empty = the VPC CIDR only; add the
-    # ranges of peered VPCs or of your VPN (their clients keep their own source addresses).
+    # Who may reach an internal ALB besides the VPC itself (auth.mode internal, or the API
+    # endpoint of auth.internal_api_endpoint): the ranges of peered VPCs or of your VPN
+    # (their clients keep their own source addresses).
     internal_alb_cidrs: tuple[str, ...] = ()
 
     @field_validator("api_public_cidrs", "internal_alb_cidrs", mode="before")
@@ -234,9 +235,18 @@ class AuthConfig(_Model):
     domain: str | None = None
     certificate_arn: str | None = None
     acknowledge_public_unauthenticated: bool = False
+    # With cognito: also an internal ALB without the login, for scripts and pipelines inside
+    # the VPC (or network.internal_alb_cidrs). The Cognito ALB answers every request without
+    # a session cookie with a redirect to the login page, so machine callers need this.
+    internal_api_endpoint: bool = False
 
     @model_validator(mode="after")
     def _rules(self) -> "AuthConfig":
+        if self.internal_api_endpoint and self.mode != "cognito":
+            raise ValueError(
+                f"internal_api_endpoint applies only to mode 'cognito' (with mode {self.mode!r} the one ALB already "
+                "takes API calls without a login); fix: remove internal_api_endpoint, or use mode: cognito"
+            )
         if self.domain is not None and not re.fullmatch(r"([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}", self.domain):
             raise ValueError(f"domain {self.domain!r} is not a DNS name; fix: e.g. comfy.example.com (lower case)")
         if self.mode == "cognito" and (not self.domain or not self.certificate_arn):
@@ -389,6 +399,12 @@ class Config(_Model):
     @property
     def alb_tag_value(self) -> str:
         return f"{self.project}-comfyui"
+
+    @property
+    def api_alb_tag_value(self) -> str:
+        """The internal API ALB's value of the same tag key: distinct, so the edge stack's
+        lookup of the main ALB never matches it."""
+        return f"{self.project}-comfyui-api"
 
     @property
     def unauthenticated_public(self) -> bool:

@@ -136,6 +136,7 @@ class IngressSettings:
     alb_tag_value: str
     source_cidrs: Sequence[str]  # subnets the ALB lives in (NetworkPolicy ingress sources)
     inbound_cidrs: Sequence[str]  # who may reach the ALB (its security group)
+    name: str = "comfyui"  # the Ingress; each Ingress gets its own ALB
     domain: str | None = None
     certificate_arn: str | None = None
     cognito: dict[str, str] | None = None  # userPoolARN, userPoolClientID, userPoolDomain
@@ -375,7 +376,7 @@ def ingress(settings: IngressSettings) -> dict[str, Any]:
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "Ingress",
-        "metadata": _meta("comfyui", annotations=annotations),
+        "metadata": _meta(settings.name, annotations=annotations),
         "spec": {"ingressClassName": "alb", "rules": [rule]},
     }
 
@@ -390,7 +391,10 @@ def pod_disruption_budget() -> dict[str, Any]:
     }
 
 
-def network_policy(settings: IngressSettings) -> dict[str, Any]:
+def network_policy(*exposures: IngressSettings) -> dict[str, Any]:
+    sources: list[str] = []
+    for settings in exposures:
+        sources += [cidr for cidr in settings.source_cidrs if cidr not in sources]
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -398,10 +402,10 @@ def network_policy(settings: IngressSettings) -> dict[str, Any]:
         "spec": {
             "podSelector": {"matchLabels": dict(APP_LABELS)},
             "policyTypes": ["Ingress"],
-            # Only the ALB (target-type ip: traffic comes from its ENIs in its subnets).
+            # Only the ALBs (target-type ip: traffic comes from their ENIs in their subnets).
             "ingress": [
                 {
-                    "from": [{"ipBlock": {"cidr": cidr}} for cidr in settings.source_cidrs],
+                    "from": [{"ipBlock": {"cidr": cidr}} for cidr in sources],
                     "ports": [{"protocol": "TCP", "port": names.COMFYUI_PORT}],
                 }
             ],
@@ -409,13 +413,18 @@ def network_policy(settings: IngressSettings) -> dict[str, Any]:
     }
 
 
-def comfyui_manifests(*, image: str, replicas: int, settings: IngressSettings) -> list[dict[str, Any]]:
+def comfyui_manifests(
+    *, image: str, replicas: int, settings: IngressSettings, api_settings: IngressSettings | None = None
+) -> list[dict[str, Any]]:
+    """`api_settings`: a second, internal Ingress (its own ALB) for machine callers beside a
+    Cognito-protected one; both reach the same Service."""
+    exposures = [settings] if api_settings is None else [settings, api_settings]
     return [
         service_account(),
         uploader_config_map(),
         deployment(image=image, replicas=replicas),
         service(),
-        ingress(settings),
+        *(ingress(e) for e in exposures),
         pod_disruption_budget(),
-        network_policy(settings),
+        network_policy(*exposures),
     ]

@@ -18,7 +18,7 @@ from modules.karpenter import KarpenterCluster, gpu_node_class, gpu_node_pool
 from modules.comfyui import comfyui_manifests
 from modules.load_balancer import LoadBalancerController
 from modules.s3_volumes import S3Volumes
-from stacks.ingress import ingress_settings
+from stacks.ingress import api_ingress_settings, ingress_settings
 from stacks.base import ProjectStack
 from stacks.platform import PlatformStack
 
@@ -94,12 +94,21 @@ class WorkloadStack(ProjectStack):
                 "userPoolDomain": platform.auth.cognito_domain,
             }
         image = f"{platform.images.repository_url}:{config.comfyui.image_tag}"
+        kinds_seen: set[str] = set()
         for manifest in comfyui_manifests(
-            image=image, replicas=config.comfyui.replicas, settings=ingress_settings(config, cognito=cognito)
+            image=image,
+            replicas=config.comfyui.replicas,
+            settings=ingress_settings(config, cognito=cognito),
+            api_settings=api_ingress_settings(config),
         ):
+            kind = manifest["kind"].lower()
+            # The first object of a kind keeps its plain id (stable Terraform addresses); a
+            # second one (the API Ingress) adds its name.
+            suffix = f"_{manifest['metadata']['name'].replace('-', '_')}" if kind in kinds_seen else ""
+            kinds_seen.add(kind)
             Manifest(
                 self,
-                f"comfyui_{manifest['kind'].lower()}",
+                f"comfyui_{kind}{suffix}",
                 manifest=manifest,
                 # Namespace and volumes first; the Ingress needs the controller's webhook (and,
                 # on destroy, the controller to delete the ALB and lift its finalizer). The GPU

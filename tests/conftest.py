@@ -86,6 +86,7 @@ VARIANTS: dict[str, dict] = {
             "mode": "cognito",
             "domain": "comfy.example.com",
             "certificate_arn": "arn:aws:acm:us-west-2:111122223333:certificate/0123abcd-0000-4000-8000-000000000000",
+            "internal_api_endpoint": True,
         },
         "edge": {
             "cloudfront": True,

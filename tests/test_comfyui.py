@@ -19,7 +19,7 @@ from core import names
 from core.config import parse_config
 from modules import comfyui
 from modules.load_balancer import LBC_NAMESPACE, LBC_SERVICE_ACCOUNT
-from stacks.ingress import ingress_settings
+from stacks.ingress import api_ingress_settings, ingress_settings
 from tests.k8s import k8s_version, resolve_tokens, validate_strict
 
 
@@ -394,7 +394,54 @@ def test_internal_alb_admits_configured_vpn_and_peering_ranges():
     base = yaml.safe_load(open(os.path.join(os.path.dirname(__file__), "..", "config", "default.yaml")))
     config = parse_config(base)
     assert ingress_settings(config, cognito=None).inbound_cidrs == [config.network.vpc_cidr]
-    base["network"]["internal_alb_cidrs"] = ["10.99.0.0/16", "192.168.8.0/24"]
+    # Added to the VPC, never instead of it (in-VPC clients, CloudFront VPC origins); no repeats.
+    base["network"]["internal_alb_cidrs"] = ["10.99.0.0/16", config.network.vpc_cidr, "192.168.8.0/24"]
     settings = ingress_settings(parse_config(base), cognito=None)
     annotations = comfyui.ingress(settings)["metadata"]["annotations"]
-    assert annotations["alb.ingress.kubernetes.io/inbound-cidrs"] == "10.99.0.0/16,192.168.8.0/24"
+    assert annotations["alb.ingress.kubernetes.io/inbound-cidrs"] == f"{config.network.vpc_cidr},10.99.0.0/16,192.168.8.0/24"
+
+
+def test_internal_api_endpoint_beside_cognito(synth_variants):
+    """auth.internal_api_endpoint: a second, internal ALB without the login for machine
+    callers; the Cognito ALB and the edge stack's lookup of it are unchanged."""
+    synth = synth_variants["edge-cognito"]
+    assert synth.config.auth.internal_api_endpoint
+    manifests = _manifests(synth)
+    api = manifests["Ingress/comfyui-api"]["metadata"]["annotations"]
+    assert api["alb.ingress.kubernetes.io/scheme"] == "internal"
+    assert not any(k.startswith("alb.ingress.kubernetes.io/auth-") for k in api), "no login on the API endpoint"
+    assert api["alb.ingress.kubernetes.io/inbound-cidrs"] == synth.config.network.vpc_cidr
+    assert api["alb.ingress.kubernetes.io/load-balancer-attributes"] == "idle_timeout.timeout_seconds=3600"
+    # Only the main ALB carries the tag value the edge stack looks up.
+    tags = {k: m["metadata"]["annotations"]["alb.ingress.kubernetes.io/tags"]
+            for k, m in manifests.items() if k.startswith("Ingress/")}
+    assert tags == {
+        "Ingress/comfyui": f"{names.ALB_TAG_KEY}={synth.config.alb_tag_value}",
+        "Ingress/comfyui-api": f"{names.ALB_TAG_KEY}={synth.config.api_alb_tag_value}",
+    }
+    edge_lb = next(iter(synth.stack("edge")["data"]["aws_lb"].values()))
+    assert edge_lb["tags"] == {names.ALB_TAG_KEY: synth.config.alb_tag_value}
+    backends = {k: m["spec"]["rules"][0]["http"]["paths"][0]["backend"] for k, m in manifests.items() if k.startswith("Ingress/")}
+    assert backends["Ingress/comfyui-api"] == backends["Ingress/comfyui"]
+    # Off by default: one Ingress only.
+    assert [k for k in _manifests(synth_variants["default"]) if k.startswith("Ingress/")] == ["Ingress/comfyui"]
+
+
+def test_network_policy_admits_the_subnets_of_both_albs():
+    """An internet-facing Cognito ALB lives in the public subnets, the API ALB in the private
+    ones: the NetworkPolicy admits both, and nothing else."""
+    base = yaml.safe_load(open(os.path.join(os.path.dirname(__file__), "..", "config", "default.yaml")))
+    base["auth"] = {"mode": "cognito", "domain": "a.example.com", "internal_api_endpoint": True,
+                    "certificate_arn": "arn:aws:acm:us-west-2:111122223333:certificate/abc-1"}
+    config = parse_config(base)
+    main = ingress_settings(config, cognito={"userPoolARN": "x", "userPoolClientID": "y", "userPoolDomain": "z"})
+    api = api_ingress_settings(config)
+    assert main.scheme == "internet-facing" and api is not None and api.scheme == "internal"
+    from modules.network import subnet_plan
+
+    private, public = subnet_plan(config.network.vpc_cidr, config.network.az_count)
+    objects = comfyui.comfyui_manifests(image="repo:tag", replicas=1, settings=main, api_settings=api)
+    net = next(o for o in objects if o["kind"] == "NetworkPolicy")
+    assert [b["ipBlock"]["cidr"] for b in net["spec"]["ingress"][0]["from"]] == public + private
+    assert [o["metadata"]["name"] for o in objects if o["kind"] == "Ingress"] == ["comfyui", "comfyui-api"]
+    assert api_ingress_settings(parse_config({**base, "auth": {**base["auth"], "internal_api_endpoint": False}})) is None

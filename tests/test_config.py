@@ -87,6 +87,7 @@ def test_longest_derived_bucket_name_is_s3_safe():
         ({"model_sync__prefixes": ["checkpoints"]}, "model_sync.prefixes", "end with '/'"),
         ({"auth__mode": "none"}, "auth", "acknowledge_public_unauthenticated"),
         ({"auth__mode": "cognito"}, "auth", "domain and certificate_arn"),
+        ({"auth__internal_api_endpoint": True}, "auth", "remove internal_api_endpoint, or use mode: cognito"),
         ({"comfyui__image_tag": "latest"}, "comfyui.image_tag", "pinned"),
         ({"tags": {"aws:owner": "x"}}, "tags", "reserved"),
         ({"edge__cloudfront": True}, "edge", "certificate_arn"),
