@@ -31,23 +31,32 @@ def moto_server():
     The server is shared by the whole session: tests must use unique bucket names.
     """
     server = tool("moto_server")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [server, "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            urllib.request.urlopen(url + "/moto-api/", timeout=1).read()
-            break
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise RuntimeError("moto_server did not start")
-            time.sleep(0.1)
+    # Straight to 127.0.0.1, whatever proxy the runner sets.
+    no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    for _attempt in range(3):
+        # The port is free when chosen but bound later by another process: if something
+        # takes it in between, moto exits at once and a fresh port is tried.
+        port = _free_port()
+        proc = subprocess.Popen(
+            [server, "-H", "127.0.0.1", "-p", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                no_proxy.open(url + "/moto-api/", timeout=1).read()
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            proc.kill()
+            proc.wait(timeout=10)
+            continue
+        break
+    else:
+        raise RuntimeError("moto_server did not start (3 attempts)")
     try:
         yield url
     finally:
@@ -71,6 +80,8 @@ def aws_cli_env(moto_server, tmp_path):
         AWS_ENDPOINT_URL=moto_server,
         AWS_CONFIG_FILE=str(tmp_path / "aws-config"),
         AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "aws-credentials"),
+        NO_PROXY="127.0.0.1,localhost",
+        no_proxy="127.0.0.1,localhost",
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     )
     return env

@@ -276,8 +276,8 @@ def _wait_for(path, content=None, seconds=20):
     def ready():
         return path.exists() and (content is None or path.read_bytes() == content)
 
-    deadline = time.time() + seconds
-    while not ready() and time.time() < deadline:
+    deadline = time.monotonic() + seconds
+    while not ready() and time.monotonic() < deadline:
         time.sleep(0.2)
     return ready()
 
@@ -317,7 +317,7 @@ def test_uploader_never_overwrites_an_earlier_output(tmp_path):
     earlier.write_bytes(b"yesterday")
     proc, src, dst = _start_uploader(tmp_path, quiet="0", retain="3600")
     try:
-        (src / "ComfyUI_00001_.png").write_bytes(b"today")
+        _place(src / "ComfyUI_00001_.png", b"today", age=0, staging_dir=tmp_path)
         assert _wait_for(dst / "ComfyUI_00001_-1.png", b"today")
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -332,8 +332,8 @@ def test_uploader_removes_local_copies_after_retention_only_once_uploaded(tmp_pa
         out = src / "a.png"
         _place(out, b"x", age=10, staging_dir=tmp_path)
         assert _wait_for(dst / "a.png", b"x")
-        deadline = time.time() + 20
-        while out.exists() and time.time() < deadline:
+        deadline = time.monotonic() + 20
+        while out.exists() and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not out.exists()
     finally:
@@ -365,10 +365,11 @@ def test_prestop_waits_for_running_generation():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         script = comfyui.PRESTOP_SCRIPT.format(budget=60, port=server.server_port).replace("time.sleep(5)", "time.sleep(0.2)")
-        start = time.time()
-        subprocess.run([sys.executable, "-c", script], check=True, timeout=30)
+        start = time.monotonic()
+        env = {**os.environ, "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}  # whatever proxy the runner sets
+        subprocess.run([sys.executable, "-c", script], check=True, timeout=30, env=env)
         assert _Queue.states == [idle], "preStop returned before the queue drained"
-        assert time.time() - start < 10
+        assert time.monotonic() - start < 10
     finally:
         server.shutdown()
 

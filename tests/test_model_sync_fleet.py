@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import time
 import uuid
@@ -66,10 +67,12 @@ def _script_present():
 
 
 @pytest.fixture
-def lambda_on_server(moto_server, monkeypatch):
-    """The handler's boto3 clients talk to the moto server."""
-    for key in ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
-        monkeypatch.delenv(key, raising=False)
+def lambda_on_server(moto_server, monkeypatch, tmp_path):
+    """The handler's boto3 clients talk to the moto server (never the runner's ~/.aws)."""
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
@@ -89,6 +92,7 @@ class Node:
     proc: subprocess.Popen | None = None
     runs: int = 0
     logs: list[str] = field(default_factory=list)
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def models(self) -> Path:
@@ -110,6 +114,7 @@ class Node:
             "CACHE_MARKER_PATH": str(self.marker),
             "SYNC_REQUEST_FLAG": str(self.flag),
             "MODEL_PREFIXES": " ".join(PREFIXES),  # space-separated for the script
+            **self.extra_env,
         }
 
     def running(self) -> bool:
@@ -148,9 +153,25 @@ class Node:
         assert rc == 0, f"sync script failed on {self.instance_id} (rc={rc}):\n{out}\n{err}"
 
     def tree(self) -> dict[str, bytes]:
+        """The node's models (call it only while no sync writes: the CLI's temporary files
+        come and go)."""
         if not self.models.exists():
             return {}
         return {p.relative_to(self.models).as_posix(): p.read_bytes() for p in self.models.rglob("*") if p.is_file()}
+
+
+# The real aws CLI, except that after this node's first `s3 sync` (the first prefix) it
+# signals GATE.passed and holds until the test creates GATE: the test then acts while that
+# sync run is provably still in progress, instead of racing it.
+GATED_AWS = r"""#!/usr/bin/env bash
+"$REAL_AWS" "$@"
+rc=$?
+if [[ " $* " == *" s3 sync "* && ! -e "$GATE.passed" ]]; then
+  touch "$GATE.passed"
+  for _ in $(seq 1 1200); do [[ -e "$GATE" ]] && break; sleep 0.05; done
+fi
+exit "$rc"
+"""
 
 
 class Fleet:
@@ -193,8 +214,9 @@ class Fleet:
             lambda_env.setenv(key, value)
 
     # --- EC2 / nodes ---
-    def launch(self, *, cluster: str | None = None, boot: bool = True) -> Node:
-        """A GPU node joins (Karpenter tags); at boot its sync service starts once."""
+    def launch(self, *, cluster: str | None = None, boot: bool = True, gate: Path | None = None) -> Node:
+        """A GPU node joins (Karpenter tags); at boot its sync service starts once. With
+        `gate`, its aws CLI pauses after the first prefix's sync (see GATED_AWS)."""
         tags = [{"Key": names.NODE_CLUSTER_TAG_KEY, "Value": cluster or self.cluster},
                 {"Key": names.NODE_ROLE_TAG_KEY, "Value": names.NODE_ROLE_GPU}]
         instance = self.ec2.run_instances(
@@ -202,6 +224,14 @@ class Fleet:
             TagSpecifications=[{"ResourceType": "instance", "Tags": tags}])["Instances"][0]["InstanceId"]
         node = Node(instance, self.root / instance, self.cli_env, self.bucket)
         node.root.mkdir(parents=True)
+        if gate is not None:
+            bin_dir = node.root / "bin"
+            bin_dir.mkdir()
+            (bin_dir / "aws").write_text(GATED_AWS)
+            (bin_dir / "aws").chmod(0o755)
+            real_aws = shutil.which("aws", path=self.cli_env["PATH"])
+            assert real_aws, "aws CLI not on PATH"
+            node.extra_env = {"PATH": f"{bin_dir}{os.pathsep}{self.cli_env['PATH']}", "REAL_AWS": real_aws, "GATE": str(gate)}
         if cluster is None:
             self.nodes[instance] = node
         if boot:
@@ -374,11 +404,15 @@ def test_node_booting_during_an_update_converges(fleet_factory):
     fleet.assert_converged()
 
     # An update starts; a node boots in the middle of it. Its boot sync has listed the
-    # bucket and copied the first file when the rest of the update lands, so only the
-    # request flag (touched by the command while that sync runs) can bring the rest.
+    # bucket and synced the first prefix when the rest of the update lands (held there by
+    # the gate), so only the request flag (touched by the command while that sync runs)
+    # can bring the rest.
     fleet.put("checkpoints/new.safetensors", blob("new", 1500, 1))
-    joiner = fleet.launch()
-    wait_for(lambda: joiner.tree().get("checkpoints/base.safetensors") == blob("base", 2000, 0), joiner)
+    gate = fleet.root / "gate"
+    joiner = fleet.launch(gate=gate)
+    wait_for(lambda: Path(f"{gate}.passed").exists(), joiner)
+    assert joiner.tree()["checkpoints/base.safetensors"] == blob("base", 2000, 0)
+    assert "loras/old.bin" not in joiner.tree(), "held before its second prefix"
     fleet.put("checkpoints/base.safetensors", blob("base", 2000, 1))  # same size, new bytes
     fleet.delete("loras/old.bin")
     fleet.put("loras/new.bin", blob("lora", 700, 1))
@@ -387,6 +421,7 @@ def test_node_booting_during_an_update_converges(fleet_factory):
     assert sorted(targets) == sorted([first.instance_id, joiner.instance_id])  # tags, resolved now
     was_running = {n.instance_id: n.receive_command() for n in (first, joiner)}
     assert was_running[joiner.instance_id], "the joiner's boot sync was still running: the flag must be honoured"
+    gate.touch()
     fleet.settle()
     fleet.assert_converged()
     assert not joiner.flag.exists() and not first.flag.exists()

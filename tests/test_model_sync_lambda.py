@@ -59,10 +59,13 @@ def lambda_env(**overrides: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def env(monkeypatch):
-    """Fake credentials, no endpoint override, the Lambda's variables; fresh clients."""
-    for key in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+def env(monkeypatch, tmp_path):
+    """Fake credentials, no endpoint override, the Lambda's variables; fresh clients.
+    Config and credential files point at nothing, so the runner's ~/.aws never leaks in."""
+    for key in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
         monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
