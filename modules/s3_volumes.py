@@ -8,7 +8,7 @@ from typing import Any
 
 from constructs import Construct
 from cdktf_cdktf_provider_helm.release import Release
-from cdktf_cdktf_provider_kubernetes.manifest import Manifest
+from cdktf_cdktf_provider_kubernetes.manifest import Manifest, ManifestTimeouts
 
 from core import names
 from modules.helm import chart_values, to_yaml
@@ -95,10 +95,26 @@ def volume_manifests(*, inputs_bucket: str, outputs_bucket: str, region: str) ->
 
 
 class S3Volumes(Construct):
-    """The CSI driver chart, the ComfyUI namespace, and the inputs/outputs PV/PVC pairs."""
+    """The CSI driver chart, the ComfyUI namespace, and the inputs/outputs PV/PVC pairs.
 
-    def __init__(self, scope: Construct, id_: str, *, inputs_bucket: str, outputs_bucket: str, region: str) -> None:
+    `pod_stop_seconds`: how long the pods using the volumes may take to stop. On destroy the
+    PVCs (pvc-protection finalizer) and the namespace exist until those pods are gone, and
+    the kubernetes provider waits for that only 10 minutes by default, so a destroy during
+    a running generation would fail half-way.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        id_: str,
+        *,
+        inputs_bucket: str,
+        outputs_bucket: str,
+        region: str,
+        pod_stop_seconds: int,
+    ) -> None:
         super().__init__(scope, id_)
+        timeouts = ManifestTimeouts(delete=f"{pod_stop_seconds + 600}s")
         self.driver = Release(
             self,
             "csi_driver",
@@ -110,13 +126,14 @@ class S3Volumes(Construct):
             values=[to_yaml(csi_values())],
             wait=True,
         )
-        self.namespace = Manifest(self, "namespace", manifest=namespace_manifest())
+        self.namespace = Manifest(self, "namespace", manifest=namespace_manifest(), timeouts=timeouts)
         self.volumes = [
             Manifest(
                 self,
                 f"{m['kind'].lower()}_{m['metadata']['name']}",
                 manifest=m,
                 depends_on=[self.namespace, self.driver],
+                timeouts=timeouts,
             )
             for m in volume_manifests(inputs_bucket=inputs_bucket, outputs_bucket=outputs_bucket, region=region)
         ]

@@ -15,6 +15,7 @@ from cdktf_cdktf_provider_kubernetes.provider import KubernetesProvider, Kuberne
 
 from core.config import Config
 from modules.karpenter import KarpenterCluster, gpu_node_class, gpu_node_pool
+from modules import comfyui
 from modules.comfyui import comfyui_manifests
 from modules.load_balancer import LoadBalancerController
 from modules.s3_volumes import S3Volumes
@@ -82,6 +83,7 @@ class WorkloadStack(ProjectStack):
             inputs_bucket=platform.store.inputs_bucket_name,
             outputs_bucket=platform.store.outputs_bucket_name,
             region=config.region,
+            pod_stop_seconds=comfyui.TERMINATION_GRACE_SECONDS,
         )
         self.load_balancer = LoadBalancerController(
             self, "load_balancer", cluster_name=cluster.cluster_name, region=config.region, vpc_id=platform.network.vpc_id

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -35,3 +36,9 @@ def tool(name: str) -> str:
     found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
     require(found is not None, f"{name} is not installed (scripts/test.sh installs it)")
     return str(found)
+
+
+def go_duration_seconds(duration: str) -> int:
+    """Seconds of a Go/Kubernetes/Terraform duration made of h, m and s parts ("1h", "1500s")."""
+    assert re.fullmatch(r"(\d+[hms])+", duration), f"not an h/m/s duration: {duration!r}"
+    return sum(int(n) * {"h": 3600, "m": 60, "s": 1}[unit] for n, unit in re.findall(r"(\d+)([hms])", duration))

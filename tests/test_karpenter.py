@@ -12,7 +12,7 @@ from core import names
 from modules import comfyui
 from modules.karpenter import KARPENTER_CHART_VERSION, NODE_TERMINATION_GRACE_SECONDS, gpu_node_class, gpu_node_pool
 from tests.crd_schema import errors, load_validator
-from tests.helpers import shared_file
+from tests.helpers import go_duration_seconds, shared_file
 
 
 @pytest.fixture(scope="module")
@@ -121,18 +121,10 @@ def test_synthesized_pool_release_validates_and_keeps_shell_variables(synth, nod
     assert "${" in user_data
 
 
-_DURATION = re.compile(r"(\d+)([hms])")
-
-
-def _seconds(duration: str) -> int:
-    assert re.fullmatch(r"(\d+[hms])+", duration), duration
-    return sum(int(n) * {"h": 3600, "m": 60, "s": 1}[unit] for n, unit in _DURATION.findall(duration))
-
-
 def test_gpu_node_drain_outlasts_a_comfyui_pod_shutdown(synth):
     """A GPU node being drained (expiry, pool deletion) waits longer than a ComfyUI pod needs
     to finish its running generation."""
-    grace = _seconds(_pool(synth.config)["spec"]["template"]["spec"]["terminationGracePeriod"])
+    grace = go_duration_seconds(_pool(synth.config)["spec"]["template"]["spec"]["terminationGracePeriod"])
     assert grace == NODE_TERMINATION_GRACE_SECONDS
     assert grace > comfyui.TERMINATION_GRACE_SECONDS
 

@@ -9,8 +9,10 @@ import pytest
 import yaml
 
 from core import names
+from modules import comfyui
 from modules.model_sync import MAX_RECEIVE_COUNT, node_sync_commands, ssm_document_content
 from modules.s3_volumes import volume_manifests
+from tests.helpers import go_duration_seconds
 from tests.k8s import k8s_version, validate_strict
 
 
@@ -151,6 +153,16 @@ def test_csi_volumes_valid_and_mounted_for_comfyui(synth):
     applied = [r["manifest"] for r in synth.resources("workload", "kubernetes_manifest").values()]
     for m in manifests:
         assert m in applied
+
+
+def test_volume_and_namespace_deletion_outlasts_comfyui_pods(synth):
+    """On destroy the PVCs and the namespace exist until ComfyUI's pods have stopped (up to
+    their grace period); the provider's default 10-minute wait would fail the destroy."""
+    manifests = synth.resources("workload", "kubernetes_manifest")
+    waiting = {k: m for k, m in manifests.items() if m["manifest"]["kind"] in {"Namespace", "PersistentVolumeClaim", "PersistentVolume"}}
+    assert {m["manifest"]["kind"] for m in waiting.values()} == {"Namespace", "PersistentVolumeClaim", "PersistentVolume"}
+    for key, m in waiting.items():
+        assert go_duration_seconds(m["timeouts"]["delete"]) > comfyui.TERMINATION_GRACE_SECONDS, key
 
 
 def test_csi_chart_tolerates_gpu_taint(synth):
