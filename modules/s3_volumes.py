@@ -35,12 +35,15 @@ def s3_volume(
         # The mount is made by a root-owned Mountpoint pod; other users need allow-other.
         "allow-other",
     ]
-    if not read_only:
-        options.append("allow-delete")
-    if allow_overwrite:
-        options.append("allow-overwrite")
-    else:
+    if read_only:
+        # Mountpoint then mounts with the kernel's read-only flag: no write of any kind.
         options.append("read-only")
+    else:
+        options.append("allow-delete")
+        # Without allow-overwrite Mountpoint still creates new files; it only refuses to
+        # replace an existing object.
+        if allow_overwrite:
+            options.append("allow-overwrite")
     pv_name = f"{names.COMFYUI_NAMESPACE}-{name}"
     mode = "ReadOnlyMany" if read_only else "ReadWriteMany"
     pv = {

@@ -11,7 +11,7 @@ import yaml
 from core import names
 from modules import comfyui
 from modules.model_sync import MAX_RECEIVE_COUNT, node_sync_commands, ssm_document_content
-from modules.s3_volumes import volume_manifests
+from modules.s3_volumes import s3_volume, volume_manifests
 from tests.helpers import go_duration_seconds
 from tests.k8s import k8s_version, validate_strict
 
@@ -145,6 +145,8 @@ def test_csi_volumes_valid_and_mounted_for_comfyui(synth):
             opts = m["spec"]["mountOptions"]
             assert f"region {c.region}" in opts and f"uid={names.COMFYUI_UID}" in opts and f"gid={names.COMFYUI_GID}" in opts
             assert "allow-delete" in opts
+            # Both are written: a read-only mount would make every upload fail (EROFS).
+            assert "read-only" not in opts and m["spec"]["accessModes"] == ["ReadWriteMany"]
             # inputs may be replaced (ComfyUI's upload overwrite=true); outputs never are
             assert ("allow-overwrite" in opts) is (m["metadata"]["name"].endswith("-inputs"))
             handles.add(m["spec"]["csi"]["volumeHandle"])
@@ -153,6 +155,21 @@ def test_csi_volumes_valid_and_mounted_for_comfyui(synth):
     applied = [r["manifest"] for r in synth.resources("workload", "kubernetes_manifest").values()]
     for m in manifests:
         assert m in applied
+
+
+@pytest.mark.parametrize(
+    ("read_only", "allow_overwrite", "expected", "absent", "mode"),
+    [
+        (True, False, {"read-only"}, {"allow-delete", "allow-overwrite"}, "ReadOnlyMany"),
+        (False, False, {"allow-delete"}, {"read-only", "allow-overwrite"}, "ReadWriteMany"),
+        (False, True, {"allow-delete", "allow-overwrite"}, {"read-only"}, "ReadWriteMany"),
+    ],
+)
+def test_mount_options_follow_the_volume_access(read_only, allow_overwrite, expected, absent, mode):
+    pv, pvc = s3_volume(name="v", bucket="b", region="us-west-2", read_only=read_only, allow_overwrite=allow_overwrite)
+    opts = set(pv["spec"]["mountOptions"])
+    assert expected <= opts and not (absent & opts), opts
+    assert pv["spec"]["accessModes"] == pvc["spec"]["accessModes"] == [mode]
 
 
 def test_volume_and_namespace_deletion_outlasts_comfyui_pods(synth):
