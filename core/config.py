@@ -25,7 +25,12 @@ _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
 # One top-level folder of the models bucket (the node maps it to <models path>/<folder>).
 _PREFIX = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*/$")
-_K8S_VERSION = re.compile(r"^1\.(2[89]|3[0-9])$")
+# 1.29+: the uploader is a native sidecar (restartPolicy Always init container, on by default
+# from 1.29). <= 1.34: the newest Kubernetes Karpenter 1.8.8 supports (MaxK8sVersion).
+_K8S_VERSION = re.compile(r"^1\.(29|3[0-4])$")
+# AWS reserves these name prefixes: SSM documents (aws, amazon, amzn), S3 buckets (sthree-,
+# amzn-s3-demo-); the project prefixes both.
+_RESERVED_PROJECT_PREFIXES = ("aws", "amazon", "amzn", "sthree")
 # GPU instance families this product's AMI (AL2023 NVIDIA) and device plugin support.
 GPU_FAMILIES = ("g4dn", "g5", "g6", "g6e", "gr6", "p4d", "p4de", "p5", "p5e", "p5en")
 # (x86_64 only: the ComfyUI image is built for linux/amd64, so Graviton g5g is excluded.)
@@ -210,6 +215,10 @@ class ModelSyncConfig(_Model):
         for p in v:
             if not _PREFIX.match(p) or ".." in p.split("/"):
                 raise ValueError(f"{p!r} is not a top-level folder prefix; fix: use letters, digits, '_', '.', '-' and end with '/', e.g. checkpoints/")
+        duplicates = sorted({p for p in v if v.count(p) > 1})
+        if duplicates:
+            # S3 refuses two notification rules for the same prefix: the apply would fail.
+            raise ValueError(f"{', '.join(duplicates)} listed more than once; fix: list each prefix once")
         return v
 
 
@@ -307,6 +316,11 @@ class Config(_Model):
                 f"{v!r} is not a valid project name; fix: 3-20 characters of a-z, 0-9 and '-', starting with a "
                 "letter (it prefixes stack, cluster and bucket names)"
             )
+        if v.startswith(_RESERVED_PROJECT_PREFIXES):
+            raise ValueError(
+                f"{v!r} starts with a prefix AWS reserves ({', '.join(_RESERVED_PROJECT_PREFIXES)}) for SSM documents "
+                "and S3 buckets, which the project prefixes; fix: choose another project name, e.g. studio-comfyui"
+            )
         return v
 
     @field_validator("account_id")
@@ -327,7 +341,10 @@ class Config(_Model):
     @classmethod
     def _k8s(cls, v: str) -> str:
         if not _K8S_VERSION.match(v):
-            raise ValueError(f"{v!r} is not a supported EKS Kubernetes version; fix: use e.g. \"1.34\" (quoted)")
+            raise ValueError(
+                f"{v!r} is not a supported Kubernetes version; fix: use \"1.29\" to \"1.34\" (quoted): native sidecars "
+                "need 1.29, and Karpenter 1.8 supports up to 1.34"
+            )
         return v
 
     @field_validator("tags")
@@ -347,6 +364,39 @@ class Config(_Model):
             )
         if self.edge.cloudfront and not self.auth.domain:
             raise ValueError("edge.cloudfront needs auth.domain (the CloudFront alias); fix: set auth.domain")
+        errors = []
+        for key, arn, region in (
+            ("auth.certificate_arn", self.auth.certificate_arn, self.region),
+            ("edge.certificate_arn", self.edge.certificate_arn if self.edge.cloudfront else None, "us-east-1"),
+        ):
+            # An ALB only takes certificates from ACM in its own region and account; CloudFront
+            # only from us-east-1 of its account. Anything else fails after apply, in the
+            # controller's events (no ALB) or at CloudFront's creation.
+            if arn and arn.split(":")[3:5] != [region, self.account_id]:
+                errors.append(
+                    f"{key} is in region {arn.split(':')[3]!r}, account {arn.split(':')[4]!r}; it must be an ACM certificate "
+                    f"in {region} of account {self.account_id}; fix: request or import the certificate there"
+                )
+        if self.auth.mode == "cognito" and re.search(r"aws|amazon|cognito", self.project):
+            # The Cognito hosted domain prefix is <project>-<account>; Cognito refuses these words in it.
+            errors.append(
+                f"project {self.project!r} contains aws, amazon or cognito, which Cognito refuses in its domain prefix "
+                "(<project>-<account_id>); fix: choose another project name for auth.mode cognito"
+            )
+        bucket_names = {
+            "buckets.models": self.models_bucket,
+            "buckets.inputs": self.inputs_bucket,
+            "buckets.outputs": self.outputs_bucket,
+            "buckets.access_logs": self.access_logs_bucket,
+            "the state bucket": self.state_bucket,
+        }
+        seen: dict[str, str] = {}
+        for key, bucket in bucket_names.items():
+            if bucket in seen:
+                errors.append(f"{key} and {seen[bucket]} are both {bucket!r}; fix: give every bucket its own name")
+            seen.setdefault(bucket, key)
+        if errors:
+            raise ValueError("\n".join(errors))  # one output line each (see _format)
         return self
 
     # --- derived names (one place) -----------------------------------------------------
@@ -423,7 +473,8 @@ def _format(err: dict[str, Any]) -> str:
         msg = msg[len("Value error, "):]
     elif "fix:" not in msg:
         msg = f"{msg}; fix: give a value of the right type (see config/default.yaml)"
-    return f"{loc}: {msg}"
+    # A validator that found several problems reports them one per line.
+    return "\n".join(f"{loc}: {line}" for line in msg.split("\n"))
 
 
 def parse_config(data: Any, *, source: str = "config") -> Config:
@@ -433,7 +484,7 @@ def parse_config(data: Any, *, source: str = "config") -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError([_format(e) for e in exc.errors()]) from None
+        raise ConfigError([line for e in exc.errors() for line in _format(e).split("\n")]) from None
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:

@@ -82,6 +82,11 @@ def test_longest_derived_bucket_name_is_s3_safe():
         ({"project": "Comfy UI"}, "project", "project name"),
         ({"project": "x" * 30}, "project", "project name"),
         ({"kubernetes_version": 1.34}, "kubernetes_version", "fix:"),
+        ({"kubernetes_version": "1.28"}, "kubernetes_version", "native sidecars need 1.29"),
+        ({"kubernetes_version": "1.35"}, "kubernetes_version", "Karpenter 1.8 supports up to 1.34"),
+        ({"project": "aws-comfy"}, "project", "prefix AWS reserves"),
+        ({"project": "sthree-comfy"}, "project", "prefix AWS reserves"),
+        ({"model_sync__prefixes": ["loras/", "vae/", "loras/"]}, "model_sync.prefixes", "loras/ listed more than once"),
         ({"system_nodes__min_size": 5}, "system_nodes", "min_size <= desired_size"),
         ({"model_sync__prefixes": ["../etc/"]}, "model_sync.prefixes", "folder prefix"),
         ({"model_sync__prefixes": ["checkpoints"]}, "model_sync.prefixes", "end with '/'"),
@@ -99,6 +104,44 @@ def test_bad_input_names_key_and_fix(changes, key, hint):
     assert matching, errors
     assert any(hint in e for e in matching), matching
     assert all("fix:" in e for e in errors), errors
+
+
+COGNITO = {"mode": "cognito", "domain": "a.example.com",
+           "certificate_arn": "arn:aws:acm:us-west-2:111122223333:certificate/abc-1"}
+
+
+@pytest.mark.parametrize(
+    ("changes", "hint"),
+    [
+        # An ALB takes certificates only from its own region and account, CloudFront only from us-east-1.
+        ({"auth": {**COGNITO, "certificate_arn": "arn:aws:acm:eu-west-1:111122223333:certificate/abc-1"}},
+         "auth.certificate_arn is in region 'eu-west-1'"),
+        ({"auth": {**COGNITO, "certificate_arn": "arn:aws:acm:us-west-2:999999999999:certificate/abc-1"}},
+         "auth.certificate_arn is in region 'us-west-2', account '999999999999'"),
+        ({"auth": COGNITO, "edge": {"cloudfront": True,
+                                    "certificate_arn": "arn:aws:acm:us-east-1:999999999999:certificate/abc-2"}},
+         "edge.certificate_arn is in region 'us-east-1', account '999999999999'"),
+        ({"auth": COGNITO, "project": "my-cognito"}, "Cognito refuses in its domain prefix"),
+        ({"buckets": {"inputs": "shared-bucket-1", "outputs": "shared-bucket-1"}},
+         "buckets.outputs and buckets.inputs are both 'shared-bucket-1'"),
+        ({"buckets": {"models": "comfyui-tfstate-111122223333-us-west-2"}}, "the state bucket and buckets.models"),
+    ],
+)
+def test_cross_key_errors_name_the_keys_and_fix(changes, hint):
+    data = base()
+    data.update(changes)
+    with pytest.raises(ConfigError) as exc:
+        parse_config(data)
+    assert any(hint in e and "fix:" in e for e in exc.value.errors), exc.value.errors
+
+
+def test_several_cross_key_errors_one_line_each():
+    data = base()
+    data.update(project="my-cognito", auth={**COGNITO, "certificate_arn": "arn:aws:acm:eu-west-1:111122223333:certificate/a"},
+                buckets={"inputs": "shared-bucket-1", "outputs": "shared-bucket-1"})
+    with pytest.raises(ConfigError) as exc:
+        parse_config(data)
+    assert len(exc.value.errors) == 3 and all("\n" not in e and "fix:" in e for e in exc.value.errors)
 
 
 def test_all_errors_reported_at_once():
