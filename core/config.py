@@ -31,6 +31,9 @@ _K8S_VERSION = re.compile(r"^1\.(29|3[0-4])$")
 # AWS reserves these name prefixes: SSM documents (aws, amazon, amzn), S3 buckets (sthree-,
 # amzn-s3-demo-); the project prefixes both.
 _RESERVED_PROJECT_PREFIXES = ("aws", "amazon", "amzn", "sthree")
+_CONTROLLER_TAG_PREFIXES = (
+    "comfyui.io/", "karpenter.sh/", "karpenter.k8s.aws/", "kubernetes.io/cluster", "elbv2.k8s.aws/", "ingress.k8s.aws/",
+)
 # GPU instance families this product's AMI (AL2023 NVIDIA) and device plugin support.
 GPU_FAMILIES = ("g4dn", "g5", "g6", "g6e", "gr6", "p4d", "p4de", "p5", "p5e", "p5en")
 # (x86_64 only: the ComfyUI image is built for linux/amd64, so Graviton g5g is excluded.)
@@ -350,9 +353,24 @@ class Config(_Model):
     @field_validator("tags")
     @classmethod
     def _tags(cls, v: dict[str, str]) -> dict[str, str]:
-        for k in v:
+        for k, value in v.items():
             if k.lower().startswith("aws:") or not 1 <= len(k) <= 128:
                 raise ValueError(f"tag key {k!r} is reserved or too long; fix: use 1-128 characters not starting with 'aws:'")
+            # The tags also reach what Karpenter and the load balancer controller create (GPU
+            # instances, ALBs), so their own keys and ours stay theirs: Karpenter's CRD refuses
+            # them, and a user value could steer the SSM targeting tag.
+            if k.startswith(_CONTROLLER_TAG_PREFIXES) or k == "eks:eks-cluster-name":
+                raise ValueError(
+                    f"tag key {k!r} is set by this product or its controllers; fix: use a key outside "
+                    f"{', '.join(_CONTROLLER_TAG_PREFIXES)} and eks:eks-cluster-name"
+                )
+            if not 1 <= len(value) <= 256:
+                raise ValueError(f"tag {k!r} has an empty or too long value; fix: give it 1-256 characters (Karpenter refuses empty values)")
+            # AWS's tag alphabet (letters, digits, spaces and _ . : / = + - @); it also keeps
+            # Terraform's ${ and %{ out of every tag.
+            for text in (k, value):
+                if not re.fullmatch(r"[\w\s.:/=+\-@]+", text):
+                    raise ValueError(f"tag {k!r}: {text!r} has characters AWS does not allow in tags; fix: use letters, digits, spaces and _ . : / = + - @")
         return v
 
     @model_validator(mode="after")

@@ -4,7 +4,7 @@ the chart, the GPU NodePool/EC2NodeClass and the NVIDIA device plugin in the wor
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from cdktf import AssetType, TerraformAsset, TerraformHclModule
 from constructs import Construct
@@ -99,9 +99,12 @@ def gpu_node_class(
     region: str,
     model_prefixes: Sequence[str],
     root_volume_gib: int,
+    tags: Mapping[str, str],
     ami_alias: str = "al2023@latest",
 ) -> dict[str, Any]:
-    """EC2NodeClass for the GPU pool. `userData` is returned plain (not Terraform-escaped)."""
+    """EC2NodeClass for the GPU pool. `userData` is returned plain (not Terraform-escaped).
+    `tags`: the project's tags, for the GPU instances and volumes (Terraform's default tags
+    never reach what Karpenter launches); ours win on a clash."""
     return {
         "apiVersion": "karpenter.k8s.aws/v1",
         "kind": "EC2NodeClass",
@@ -135,6 +138,7 @@ def gpu_node_class(
                 models_bucket=models_bucket, region=region, model_prefixes=tuple(model_prefixes)
             ),
             "tags": {
+                **tags,
                 names.NODE_CLUSTER_TAG_KEY: cluster_name,
                 names.NODE_ROLE_TAG_KEY: names.NODE_ROLE_GPU,
                 "Name": f"{cluster_name}-gpu",

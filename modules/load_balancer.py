@@ -14,7 +14,7 @@ in helm_values/aws-load-balancer-controller.yaml. Reads stay (the controller sti
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 from constructs import Construct
 from cdktf_cdktf_provider_aws.eks_pod_identity_association import EksPodIdentityAssociation
@@ -223,7 +223,7 @@ class LoadBalancerControllerIam(Construct):
         self.load_balancer_controller_role_arn = role.arn
 
 
-def controller_values(*, cluster_name: str, region: str, vpc_id: str) -> dict[str, Any]:
+def controller_values(*, cluster_name: str, region: str, vpc_id: str, tags: Mapping[str, str]) -> dict[str, Any]:
     # region and vpcId explicitly: IMDS hop limit 1 keeps pods off the instance metadata.
     return chart_values(
         "aws-load-balancer-controller",
@@ -233,12 +233,17 @@ def controller_values(*, cluster_name: str, region: str, vpc_id: str) -> dict[st
             "vpcId": vpc_id,
             "serviceAccount": {"name": LBC_SERVICE_ACCOUNT},
             "nodeSelector": dict(SYSTEM_NODE_LABEL),
+            # The project's tags on every ALB, target group and security group it creates
+            # (Terraform's default tags never reach them).
+            "defaultTags": dict(tags),
         },
     )
 
 
 class LoadBalancerController(Construct):
-    def __init__(self, scope: Construct, id_: str, *, cluster_name: str, region: str, vpc_id: str) -> None:
+    def __init__(
+        self, scope: Construct, id_: str, *, cluster_name: str, region: str, vpc_id: str, tags: Mapping[str, str]
+    ) -> None:
         super().__init__(scope, id_)
         self.release = Release(
             self,
@@ -248,6 +253,6 @@ class LoadBalancerController(Construct):
             repository=LBC_CHART_REPOSITORY,
             chart="aws-load-balancer-controller",
             version=LBC_CHART_VERSION,
-            values=[to_yaml(controller_values(cluster_name=cluster_name, region=region, vpc_id=vpc_id))],
+            values=[to_yaml(controller_values(cluster_name=cluster_name, region=region, vpc_id=vpc_id, tags=tags))],
             wait=True,
         )

@@ -68,6 +68,7 @@ class WorkloadStack(ProjectStack):
                 region=config.region,
                 model_prefixes=config.model_sync.prefixes,
                 root_volume_gib=config.gpu.root_volume_gib,
+                tags=config.tags,
             ),
             node_pool=gpu_node_pool(
                 instance_types=config.gpu.instance_types,
@@ -86,7 +87,12 @@ class WorkloadStack(ProjectStack):
             pod_stop_seconds=comfyui.TERMINATION_GRACE_SECONDS,
         )
         self.load_balancer = LoadBalancerController(
-            self, "load_balancer", cluster_name=cluster.cluster_name, region=config.region, vpc_id=platform.network.vpc_id
+            self,
+            "load_balancer",
+            cluster_name=cluster.cluster_name,
+            region=config.region,
+            vpc_id=platform.network.vpc_id,
+            tags=config.tags,
         )
         cognito = None
         if platform.auth is not None:

@@ -216,6 +216,8 @@ def test_load_balancer_controller(synth):
     release = next(r for r in synth.resources("workload", "helm_release").values() if r["name"] == "aws-load-balancer-controller")
     values = yaml.safe_load(release["values"][0])
     assert values["region"] == synth.config.region and values["vpcId"].startswith("${data.terraform_remote_state.")
+    # The project's tags on the ALBs, target groups and security groups the controller creates.
+    assert values["defaultTags"] == synth.config.tags and synth.config.tags
     assoc = [a for a in synth.resources("platform", "aws_eks_pod_identity_association").values() if a["service_account"] == LBC_SERVICE_ACCOUNT]
     assert assoc and assoc[0]["namespace"] == LBC_NAMESPACE
 

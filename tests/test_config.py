@@ -95,6 +95,11 @@ def test_longest_derived_bucket_name_is_s3_safe():
         ({"auth__internal_api_endpoint": True}, "auth", "remove internal_api_endpoint, or use mode: cognito"),
         ({"comfyui__image_tag": "latest"}, "comfyui.image_tag", "pinned"),
         ({"tags": {"aws:owner": "x"}}, "tags", "reserved"),
+        ({"tags": {"comfyui.io/cluster": "other"}}, "tags", "set by this product or its controllers"),
+        ({"tags": {"karpenter.sh/nodepool": "x"}}, "tags", "set by this product or its controllers"),
+        ({"tags": {"kubernetes.io/cluster/x": "owned"}}, "tags", "set by this product or its controllers"),
+        ({"tags": {"team": ""}}, "tags", "empty or too long value"),
+        ({"tags": {"team": "${var.x}"}}, "tags", "characters AWS does not allow"),
         ({"edge__cloudfront": True}, "edge", "certificate_arn"),
     ],
 )

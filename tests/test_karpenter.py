@@ -44,6 +44,7 @@ def _class(config):
         region=config.region,
         model_prefixes=config.model_sync.prefixes,
         root_volume_gib=config.gpu.root_volume_gib,
+        tags=config.tags,
     )
 
 
@@ -93,6 +94,20 @@ def test_nodeclass_security(synth):
     assert all(d["ebs"]["encrypted"] is True for d in spec["blockDeviceMappings"])
     assert spec["tags"][names.NODE_CLUSTER_TAG_KEY] == synth.config.cluster_name
     assert spec["tags"][names.NODE_ROLE_TAG_KEY] == names.NODE_ROLE_GPU
+
+
+def test_gpu_instances_carry_the_project_tags(synth, nodeclass_validator):
+    """Terraform's default tags never reach what Karpenter launches: the project's tags (cost
+    allocation) go into the EC2NodeClass, and the targeting tags cannot be overridden."""
+    assert synth.config.tags, "the default config has tags to propagate"
+    tags = _class(synth.config)["spec"]["tags"]
+    assert synth.config.tags.items() <= tags.items()
+    hostile = gpu_node_class(
+        cluster_name="c", node_role_name="r", models_bucket="models-bucket", region="us-west-2", model_prefixes=("loras/",),
+        root_volume_gib=100, tags={names.NODE_CLUSTER_TAG_KEY: "someone-else", "team": "art"},
+    )
+    assert hostile["spec"]["tags"][names.NODE_CLUSTER_TAG_KEY] == "c" and hostile["spec"]["tags"]["team"] == "art"
+    assert errors(nodeclass_validator, hostile) == []
 
 
 def _release(synth, name: str) -> dict:
