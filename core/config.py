@@ -126,6 +126,46 @@ class SystemNodesConfig(_Model):
         return self
 
 
+_ROLE_ARN = re.compile(r"^arn:(aws|aws-cn|aws-us-gov):iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
+
+
+class ClusterAccessConfig(_Model):
+    # IAM roles given access to the cluster through EKS access entries, besides the identity
+    # that creates it (which gets cluster-admin). Role ARNs, not assumed-role session ARNs.
+    # viewer_role_arns: read everything, Secrets included (AmazonEKSAdminViewPolicy), which
+    #   is what `terraform plan` of the workload stack needs (helm reads its release Secrets):
+    #   list your CI plan role here.
+    # admin_role_arns: cluster-admin (AmazonEKSClusterAdminPolicy), e.g. a deploy role.
+    viewer_role_arns: tuple[str, ...] = ()
+    admin_role_arns: tuple[str, ...] = ()
+
+    @field_validator("viewer_role_arns", "admin_role_arns", mode="before")
+    @classmethod
+    def _arns_tuple(cls, v: Any) -> Any:
+        return tuple(v) if isinstance(v, list) else v
+
+    @field_validator("viewer_role_arns", "admin_role_arns")
+    @classmethod
+    def _arns(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for arn in v:
+            if not _ROLE_ARN.match(arn):
+                raise ValueError(
+                    f"{arn!r} is not an IAM role ARN; fix: use arn:aws:iam::<account>:role/<name> (for an "
+                    "assumed-role session, the role it assumed)"
+                )
+        if len(set(v)) != len(v):
+            raise ValueError("a role is listed twice; fix: list each role once")
+        return v
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> "ClusterAccessConfig":
+        both = sorted(set(self.viewer_role_arns) & set(self.admin_role_arns))
+        if both:
+            # EKS allows one access entry per principal.
+            raise ValueError(f"{', '.join(both)} is both viewer and admin; fix: list it once (admin can read too)")
+        return self
+
+
 class GpuConfig(_Model):
     instance_types: tuple[str, ...] = ("g6.xlarge", "g6.2xlarge", "g5.xlarge", "g5.2xlarge")
     capacity_types: tuple[Literal["spot", "on-demand"], ...] = ("spot", "on-demand")
@@ -303,6 +343,7 @@ class Config(_Model):
     kubernetes_version: str = "1.34"
     network: NetworkConfig = NetworkConfig()
     system_nodes: SystemNodesConfig = SystemNodesConfig()
+    cluster_access: ClusterAccessConfig = ClusterAccessConfig()
     gpu: GpuConfig = GpuConfig()
     buckets: BucketsConfig = BucketsConfig()
     model_sync: ModelSyncConfig = ModelSyncConfig()
@@ -413,6 +454,9 @@ class Config(_Model):
             if bucket in seen:
                 errors.append(f"{key} and {seen[bucket]} are both {bucket!r}; fix: give every bucket its own name")
             seen.setdefault(bucket, key)
+        for arn in (*self.cluster_access.viewer_role_arns, *self.cluster_access.admin_role_arns):
+            if arn.split(":")[1] != self.partition:
+                errors.append(f"cluster_access: {arn!r} is not in partition {self.partition!r} of {self.region}; fix: use a role of that partition")
         if errors:
             raise ValueError("\n".join(errors))  # one output line each (see _format)
         return self

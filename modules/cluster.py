@@ -4,7 +4,8 @@ control-plane logging and envelope encryption of Secrets."""
 from __future__ import annotations
 
 import json
-from typing import Sequence
+import re
+from typing import Any, Sequence
 
 from cdktf import TerraformHclModule
 from constructs import Construct
@@ -26,6 +27,33 @@ NODE_METADATA_OPTIONS = {
 }
 
 
+def access_entries(
+    *, viewer_role_arns: Sequence[str], admin_role_arns: Sequence[str], partition: str
+) -> dict[str, dict[str, Any]]:
+    """EKS module `access_entries`: one per role, keyed by account and role name (stable when
+    the lists are reordered), with one cluster-wide access policy each."""
+    out: dict[str, dict[str, Any]] = {}
+    for kind, policy, arns in (
+        ("viewer", "AmazonEKSAdminViewPolicy", viewer_role_arns),
+        ("admin", "AmazonEKSClusterAdminPolicy", admin_role_arns),
+    ):
+        for arn in arns:
+            account, role = arn.split(":")[4], arn.split(":role/")[1]
+            key = re.sub(r"[^A-Za-z0-9_-]", "-", f"{kind}-{account}-{role}")
+            out[key] = {
+                # The full role ARN, path included: access entries match the principal ID, unlike
+                # the aws-auth ConfigMap (https://github.com/aws/containers-roadmap/issues/185).
+                "principal_arn": arn,
+                "policy_associations": {
+                    kind: {
+                        "policy_arn": f"arn:{partition}:eks::aws:cluster-access-policy/{policy}",
+                        "access_scope": {"type": "cluster"},
+                    }
+                },
+            }
+    return out
+
+
 class Cluster(Construct):
     def __init__(
         self,
@@ -41,6 +69,9 @@ class Cluster(Construct):
         system_max_size: int,
         system_desired_size: int,
         public_access_cidrs: Sequence[str],
+        viewer_role_arns: Sequence[str],
+        admin_role_arns: Sequence[str],
+        partition: str,
     ) -> None:
         super().__init__(scope, id_)
         self.eks = TerraformHclModule(
@@ -61,6 +92,9 @@ class Cluster(Construct):
                 # Access entries only (no aws-auth ConfigMap).
                 "authentication_mode": "API",
                 "enable_cluster_creator_admin_permissions": True,
+                "access_entries": access_entries(
+                    viewer_role_arns=viewer_role_arns, admin_role_arns=admin_role_arns, partition=partition
+                ),
                 "enabled_log_types": list(CONTROL_PLANE_LOG_TYPES),
                 "cloudwatch_log_group_retention_in_days": 90,
                 # Envelope encryption of Kubernetes Secrets with a module-managed, rotated key.

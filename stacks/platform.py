@@ -44,6 +44,9 @@ class PlatformStack(ProjectStack):
             system_max_size=config.system_nodes.max_size,
             system_desired_size=config.system_nodes.desired_size,
             public_access_cidrs=config.network.api_public_cidrs,
+            viewer_role_arns=config.cluster_access.viewer_role_arns,
+            admin_role_arns=config.cluster_access.admin_role_arns,
+            partition=config.partition,
         )
         self.store = ModelStore(
             self,

@@ -104,6 +104,10 @@ VARIANTS: dict[str, dict] = {
             "certificate_arn": "arn:aws:acm:us-east-1:111122223333:certificate/0123abcd-0000-4000-8000-000000000001",
         },
         "network": {"nat_mode": "per_az", "az_count": 2},
+        "cluster_access": {
+            "viewer_role_arns": ["arn:aws:iam::111122223333:role/github-plan"],
+            "admin_role_arns": ["arn:aws:iam::111122223333:role/platform/deployer"],
+        },
         "model_sync": {"prefixes": ["checkpoints/", "loras/"], "batching_window_seconds": 0},
         "gpu": {"instance_types": ["g6e.xlarge", "g4dn.xlarge"], "capacity_types": ["on-demand"], "max_gpus": 2},
     },

@@ -121,6 +121,26 @@ def test_eks_logging_encryption_auth_and_imds(synth_variants):
         assert cni["enableNetworkPolicy"] == "true"
 
 
+def test_cluster_access_only_for_the_configured_roles(synth_variants):
+    """Nobody but the creator by default; listed viewers get read-only access (what a CI plan
+    needs), listed admins cluster-admin, each cluster-wide and with this partition's policies."""
+    assert _module(synth_variants["default"], "platform", "terraform-aws-modules/eks/aws")["access_entries"] == {}
+    synth = synth_variants["edge-cognito"]
+    entries = _module(synth, "platform", "terraform-aws-modules/eks/aws")["access_entries"]
+    access = synth.config.cluster_access
+    assert access.viewer_role_arns and access.admin_role_arns
+    by_principal = {e["principal_arn"]: e for e in entries.values()}
+    assert set(by_principal) == {*access.viewer_role_arns, *access.admin_role_arns}
+    for arns, policy in ((access.viewer_role_arns, "AmazonEKSAdminViewPolicy"), (access.admin_role_arns, "AmazonEKSClusterAdminPolicy")):
+        for arn in arns:
+            (association,) = by_principal[arn]["policy_associations"].values()
+            assert association == {
+                "policy_arn": f"arn:{synth.config.partition}:eks::aws:cluster-access-policy/{policy}",
+                "access_scope": {"type": "cluster"},
+            }
+    assert all(k.replace("-", "").replace("_", "").isalnum() for k in entries), sorted(entries)
+
+
 def test_vpc_private_by_default(synth_variants):
     for synth in synth_variants.values():
         vpc = _module(synth, "platform", "terraform-aws-modules/vpc/aws")
