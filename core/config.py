@@ -323,6 +323,10 @@ class EdgeConfig(_Model):
     # POST /prompt at once and streams progress over the websocket, so generations do not
     # hold an HTTP request open; raise it (up to 180) only after raising the quota.
     origin_read_timeout_seconds: Annotated[int, Field(ge=1, le=180)] = 60
+    # WAF: requests per client IP per 5 minutes before it is blocked for a while. Every page
+    # load of the ComfyUI web UI makes dozens, and a studio behind one NAT or VPN exit shares
+    # one IP: raise it for large teams.
+    rate_limit_per_5_min: Annotated[int, Field(ge=10, le=2_000_000_000)] = 2000
 
     @model_validator(mode="after")
     def _edge(self) -> "EdgeConfig":

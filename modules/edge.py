@@ -68,10 +68,17 @@ def _managed_rule(name: str, priority: int, *, count_rules: tuple[str, ...] = ()
     }
 
 
+WAF_COUNTED_BODY_RULES = ("SizeRestrictions_BODY", "CrossSiteScripting_BODY", "GenericLFI_BODY", "GenericRFI_BODY")
+
+
 def waf_rules(rate_limit_per_5_min: int) -> str:
     rules = [
-        # Workflow JSON and image uploads exceed the common rule set's 8 KB body limit.
-        _managed_rule("AWSManagedRulesCommonRuleSet", 10, count_rules=("SizeRestrictions_BODY",)),
+        # Counted, not blocking, on bodies: workflow JSON and image uploads exceed the 8 KB
+        # size limit, and the XSS/LFI/RFI body patterns match random bytes of uploaded images
+        # (ComfyUI's PNGs carry their workflow JSON in the first chunks, which WAF inspects).
+        # A managed-group copy scoped to /upload/* alone would exceed the 1,500 WCU limit.
+        # https://repost.aws/knowledge-center/waf-upload-blocked-files
+        _managed_rule("AWSManagedRulesCommonRuleSet", 10, count_rules=WAF_COUNTED_BODY_RULES),
         _managed_rule("AWSManagedRulesKnownBadInputsRuleSet", 20),
         _managed_rule("AWSManagedRulesAmazonIpReputationList", 30),
         {
@@ -100,6 +107,7 @@ class Edge(Construct):
         alb_has_https: bool,
         price_class: str,
         origin_read_timeout_seconds: int,
+        rate_limit_per_5_min: int,
     ) -> None:
         super().__init__(scope, id_)
         alb = DataAwsLb(self, "alb", tags={names.ALB_TAG_KEY: alb_tag_value})
@@ -127,7 +135,7 @@ class Edge(Construct):
             region="us-east-1",
             scope="CLOUDFRONT",
             default_action=Wafv2WebAclDefaultAction(allow=Wafv2WebAclDefaultActionAllow()),
-            rule_json=waf_rules(2000),
+            rule_json=waf_rules(rate_limit_per_5_min),
             visibility_config=Wafv2WebAclVisibilityConfig(
                 cloudwatch_metrics_enabled=True, metric_name=f"{project}-comfyui-edge", sampled_requests_enabled=True
             ),

@@ -34,5 +34,6 @@ class EdgeStack(ProjectStack):
             alb_has_https=config.auth.certificate_arn is not None,
             price_class=config.edge.price_class,
             origin_read_timeout_seconds=config.edge.origin_read_timeout_seconds,
+            rate_limit_per_5_min=config.edge.rate_limit_per_5_min,
         )
         TerraformOutput(self, "distribution_domain_name", value=edge.distribution_domain_name)

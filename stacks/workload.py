@@ -10,7 +10,7 @@ from __future__ import annotations
 from cdktf import Fn
 from constructs import Construct
 from cdktf_cdktf_provider_helm.provider import HelmProvider, HelmProviderKubernetes, HelmProviderKubernetesExec
-from cdktf_cdktf_provider_kubernetes.manifest import Manifest
+from cdktf_cdktf_provider_kubernetes.manifest import Manifest, ManifestTimeouts, ManifestWait
 from cdktf_cdktf_provider_kubernetes.provider import KubernetesProvider, KubernetesProviderExec
 
 from core.config import Config
@@ -22,6 +22,10 @@ from modules.s3_volumes import S3Volumes
 from stacks.ingress import api_ingress_settings, ingress_settings
 from stacks.base import ProjectStack
 from stacks.platform import PlatformStack
+
+
+INGRESS_READY_FIELD = "status.loadBalancer.ingress[0].hostname"
+INGRESS_READY_TIMEOUT = "15m"  # an ALB takes 2-5 minutes to provision
 
 
 def eks_token_exec(*, cluster_name: str, region: str) -> dict:
@@ -128,4 +132,10 @@ class WorkloadStack(ProjectStack):
                     self.load_balancer.release,
                     self.karpenter.gpu_pool,
                 ],
+                # The apply of an Ingress ends when its ALB exists (the controller publishes the
+                # DNS name), not when the API server accepted it: the edge stack looks the ALB up
+                # right after, and a controller error (certificate, annotation) fails here, at
+                # its cause, instead of as "no matching load balancer" there.
+                wait=ManifestWait(fields={INGRESS_READY_FIELD: ".+"}) if kind == "ingress" else None,
+                timeouts=ManifestTimeouts(create=INGRESS_READY_TIMEOUT, update=INGRESS_READY_TIMEOUT) if kind == "ingress" else None,
             )

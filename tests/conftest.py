@@ -102,6 +102,7 @@ VARIANTS: dict[str, dict] = {
         "edge": {
             "cloudfront": True,
             "certificate_arn": "arn:aws:acm:us-east-1:111122223333:certificate/0123abcd-0000-4000-8000-000000000001",
+            "rate_limit_per_5_min": 5000,
         },
         "network": {"nat_mode": "per_az", "az_count": 2},
         "cluster_access": {

@@ -252,6 +252,12 @@ def test_edge_distribution(synth_variants):
     waf = next(iter(synth.resources("edge", "aws_wafv2_web_acl").values()))
     rules = {r["Name"]: r for r in json.loads(waf["rule_json"])}
     assert {"AWSManagedRulesCommonRuleSet", "AWSManagedRulesKnownBadInputsRuleSet", "rate-limit-per-ip"} <= set(rules)
+    assert rules["rate-limit-per-ip"]["Statement"]["RateBasedStatement"]["Limit"] == synth.config.edge.rate_limit_per_5_min == 5000
+    # Body inspection that misfires on uploads and workflow JSON only counts; the rest blocks.
+    overrides = rules["AWSManagedRulesCommonRuleSet"]["Statement"]["ManagedRuleGroupStatement"]["RuleActionOverrides"]
+    assert {o["Name"] for o in overrides} == {"SizeRestrictions_BODY", "CrossSiteScripting_BODY", "GenericLFI_BODY", "GenericRFI_BODY"}
+    assert all(o["ActionToUse"] == {"Count": {}} for o in overrides)
+    assert all(r.get("OverrideAction", {"None": {}}) == {"None": {}} for r in rules.values()), "no rule group counted wholesale"
     assert waf["scope"] == "CLOUDFRONT" and waf["region"] == "us-east-1"
     assert dist["web_acl_id"].startswith("${aws_wafv2_web_acl.")
     logging = next(iter(synth.resources("edge", "aws_wafv2_web_acl_logging_configuration").values()))
@@ -402,6 +408,22 @@ def test_internal_alb_admits_configured_vpn_and_peering_ranges():
     settings = ingress_settings(parse_config(base), cognito=None)
     annotations = comfyui.ingress(settings)["metadata"]["annotations"]
     assert annotations["alb.ingress.kubernetes.io/inbound-cidrs"] == f"{config.network.vpc_cidr},10.99.0.0/16,192.168.8.0/24"
+
+
+def test_ingress_apply_waits_for_its_alb(synth_variants):
+    """An Ingress is applied when the controller has published its ALB's DNS name, so the edge
+    stack's lookup of the ALB never runs ahead of it."""
+    from stacks.workload import INGRESS_READY_FIELD
+
+    for variant, synth in synth_variants.items():
+        resources = synth.resources("workload", "kubernetes_manifest").values()
+        ingresses = [r for r in resources if r["manifest"]["kind"] == "Ingress"]
+        assert ingresses, variant
+        for r in ingresses:
+            assert INGRESS_READY_FIELD == "status.loadBalancer.ingress[0].hostname"
+            assert r["wait"] == {"fields": {INGRESS_READY_FIELD: ".+"}}, variant
+            assert r["timeouts"]["create"] == r["timeouts"]["update"] == "15m"
+        assert all("wait" not in r for r in resources if r["manifest"]["kind"] != "Ingress")
 
 
 def test_internal_api_endpoint_beside_cognito(synth_variants):
