@@ -13,6 +13,7 @@ import email
 import fcntl
 import json
 import os
+import shlex
 import shutil
 import stat
 import subprocess
@@ -202,6 +203,7 @@ def test_setup_uses_all_instance_store_disks_and_never_ebs(tmp_path, count):
             assert state["devices"]["/dev/md0"]["members"] == sorted(host.disks)
         (mkfs,) = host.calls("mkfs.xfs")
         assert mkfs[-1] == target
+        assert "-K" in mkfs, "no TRIM pass over the instance store (it can outlast node registration)"
         (mount,) = host.calls("mount")
         assert mount[-2:] == [target, str(host.cache_root)]
         assert "xfs" in mount
@@ -542,6 +544,58 @@ def test_sync_redownloads_a_same_size_replacement_with_the_same_timestamp(s3, bu
     assert result.returncode == 0, result.stderr
     assert local.read_bytes() == b"B" * 1000
     _assert_mirror(s3, bucket, cache)
+
+
+def _sync_wrapper(tmp_path: Path, aws_cli_env: dict[str, str], body: str) -> str:
+    """A PATH whose `aws` is the real CLI except for `s3 sync`, which runs `body` (with
+    "$REAL" the real CLI). Returns the PATH value."""
+    bin_dir = tmp_path / "wrapper-bin"
+    bin_dir.mkdir()
+    real = shutil.which("aws", path=aws_cli_env["PATH"])
+    assert real
+    wrapper = bin_dir / "aws"
+    wrapper.write_text(
+        "#!/usr/bin/env bash\n"
+        f"REAL={shlex.quote(real)}\n"
+        'if [[ " $* " == *" s3 sync "* ]]; then\n' + body + "\nfi\n"
+        'exec "$REAL" "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    return f"{bin_dir}{os.pathsep}{aws_cli_env['PATH']}"
+
+
+def test_a_replaced_model_stays_readable_until_its_new_version_is_complete(s3, bucket, cache, tmp_path, aws_cli_env):
+    """The stale copy is not deleted ahead of the download: a workflow that loads it during
+    the sync (or after a failed one) still finds the old version, never a missing file."""
+    key = "checkpoints/model.safetensors"
+    _put(s3, bucket, {key: b"A" * 1000})
+    assert cache.sync().returncode == 0
+    marker = cache.marker.read_text()
+    _put(s3, bucket, {key: b"B" * 1000})
+
+    failing = _sync_wrapper(tmp_path, aws_cli_env, '  echo "simulated network failure" >&2; exit 1')
+    result = cache.sync(PATH=failing)
+    assert result.returncode != 0 and "exit 1" in result.stderr
+    assert (cache.models / key).read_bytes() == b"A" * 1000, "the old model is still there"
+    assert cache.marker.read_text() == marker, "the marker is left as it was"
+
+    result = cache.sync()  # the next run (service restart, timer) converges
+    assert result.returncode == 0, result.stderr
+    assert (cache.models / key).read_bytes() == b"B" * 1000
+    _assert_mirror(s3, bucket, cache)
+
+
+def test_skipped_objects_are_a_warning_not_a_failure(s3, bucket, cache, tmp_path, aws_cli_env):
+    """`aws s3 sync` exits 2 when it skipped objects with a warning (GLACIER-class objects,
+    keys climbing out of their folder) and synced the rest: the node still converges and
+    writes the marker, instead of never becoming ready because of one unusable object."""
+    _put(s3, bucket, {"loras/a.safetensors": b"a"})
+    warning = _sync_wrapper(tmp_path, aws_cli_env, '  "$REAL" "$@" || exit $?\n  echo "warning: Skipping file s3://x/y. Object is of storage class GLACIER." >&2\n  exit 2')
+    result = cache.sync(PATH=warning)
+    assert result.returncode == 0, result.stderr
+    assert "WARNING" in result.stderr and "skipped some objects" in result.stderr
+    assert cache.marker.is_file()
+    assert (cache.models / "loras" / "a.safetensors").read_bytes() == b"a"
 
 
 def test_sync_of_a_missing_bucket_fails_without_writing_the_marker(cache):

@@ -19,6 +19,7 @@ from modules.gpu_user_data import (
     SETUP_INSTALL_PATH,
     escape_terraform,
     render_gpu_user_data,
+    shipped_script,
 )
 from tests.helpers import REPO
 
@@ -110,9 +111,47 @@ def test_both_scripts_travel_byte_for_byte(tmp_path):
     script = _script(render_gpu_user_data(**ARGS))
     unpacked = _unpack_all(script, tmp_path)
     assert unpacked == {
-        '"${SYNC_SCRIPT_PATH}"': SYNC.read_bytes(),
-        shlex.quote(str(SETUP_INSTALL_PATH)): SETUP.read_bytes(),
+        '"${SYNC_SCRIPT_PATH}"': shipped_script(SYNC),
+        shlex.quote(str(SETUP_INSTALL_PATH)): shipped_script(SETUP),
     }
+
+
+def _parsed(text: str) -> str:
+    """bash's own canonical form of a script (comments gone, heredocs and strings kept):
+    the script wrapped in a function, printed back by `declare -f`."""
+    result = subprocess.run(
+        ["bash", "-c", 'eval "__script() {\n$1\n}" && declare -f __script', "_", text],
+        capture_output=True, text=True, check=True,
+    )
+    return result.stdout
+
+
+@pytest.mark.parametrize("path", [SETUP, SYNC], ids=lambda p: p.name)
+def test_shipped_script_is_the_same_program(path):
+    """The node runs the script without its comment lines; bash parses both to the same
+    program, so the behavioural tests of the repository copy hold for the shipped one."""
+    shipped = shipped_script(path).decode()
+    original = path.read_text()
+    assert len(shipped) < 0.8 * len(original), "comments are dropped"
+    assert shipped.startswith("#!/usr/bin/env bash\n")
+    assert _parsed(shipped) == _parsed(original)
+
+
+def test_the_program_check_catches_a_dropped_heredoc_line():
+    """Control: a `#` line inside a heredoc is data; dropping it changes the program, and
+    the check above sees it."""
+    original = "#!/usr/bin/env bash\ncat <<'EOF'\n# kept: part of the text\nEOF\n"
+    assert _parsed(original) != _parsed("#!/usr/bin/env bash\ncat <<'EOF'\nEOF\n")
+
+
+def test_longest_names_fit_the_budget():
+    from modules.gpu_user_data import USER_DATA_BUDGET_BYTES
+
+    user_data = render_gpu_user_data(
+        models_bucket="b" * 63, region="ap-southeast-4",
+        model_prefixes=tuple(f"{'p' * 40}{i}/" for i in range(20)),
+    )
+    assert len(user_data.encode()) <= USER_DATA_BUDGET_BYTES
 
 
 def test_bootstrap_order():

@@ -99,7 +99,8 @@ ensure_filesystem() {
   case "$fstype" in
     "")
       log "formatting ${device} as XFS"
-      if ! output="$(mkfs.xfs -L "$FS_LABEL" -l su=8b -- "$device" 2>&1)"; then
+      # -K: no TRIM (instance store is trimmed; TBs can outlast node registration)
+      if ! output="$(mkfs.xfs -K -L "$FS_LABEL" -l su=8b -- "$device" 2>&1)"; then
         printf '%s\n' "$output" >&2
         die "mkfs.xfs failed on ${device}: ${output##*$'\n'}"
       fi

@@ -24,10 +24,10 @@
 # LastModified only. Without --exact-timestamps it never re-downloads a same-size object
 # that was replaced in S3; with it, a replacement is still missed when both versions carry
 # the same LastModified (S3 has one-second resolution). So every run first lists the
-# bucket (ETag + size per key), deletes the local copy of every key whose ETag differs
-# from the one recorded by the previous run (or that no run recorded), records the new
-# listing, and only then runs `aws s3 sync --delete --exact-timestamps`, which downloads
-# everything that is missing. A replaced object is therefore always re-downloaded.
+# bucket (ETag + size per key), sets the mtime of each local copy whose ETag differs from
+# the previous run's listing to the epoch, records the new listing, and only then runs
+# `aws s3 sync --delete --exact-timestamps`, which re-downloads those (to a temporary
+# file, renamed over the old one: the old model stays readable until then).
 set -euo pipefail
 shopt -s inherit_errexit
 
@@ -146,8 +146,8 @@ list_bucket() {
   done
 }
 
-# Delete the local copy of every listed key whose ETag/size differ from the manifest of
-# the previous run, so that sync downloads it again (see the header).
+# Mark the local copy of every listed key whose ETag/size differ from the manifest of the
+# previous run as stale (mtime = epoch), so that sync downloads it again (see the header).
 invalidate_changed() {
   local listing="$1" etag size key decoded path
   local -A previous=()
@@ -166,8 +166,10 @@ invalidate_changed() {
     url_decode "$key" decoded
     safe_relative_key "$decoded" || continue
     path="${models_dir}/${decoded}"
-    if [[ -f "$path" || -L "$path" ]]; then
+    if [[ -L "$path" ]]; then
       rm -f -- "$path"
+    elif [[ -f "$path" ]]; then
+      touch -m -d @0 -- "$path"
     fi
   done <"$listing"
 }
@@ -212,15 +214,20 @@ converge_once() {
     done
   fi
 
-  local i source dest
+  local i source dest rc
   for ((i = 0; i < ${#pairs[@]}; i += 2)); do
     source="s3://${MODELS_BUCKET}/${pairs[i]}"
     dest="${pairs[i + 1]}"
     mkdir -p -- "$dest"
-    if ! aws "${aws_global[@]}" s3 sync "$source" "$dest" \
-      --delete --exact-timestamps --no-progress --only-show-errors; then
-      die "aws s3 sync ${source} -> ${dest} failed; ${marker} left as it was"
-    fi
+    rc=0
+    aws "${aws_global[@]}" s3 sync "$source" "$dest" \
+      --delete --exact-timestamps --no-progress --only-show-errors || rc=$?
+    case "$rc" in
+      0) ;;
+      # 2: objects skipped with a warning (GLACIER, keys climbing out); the rest synced
+      2) log "WARNING: aws s3 sync ${source} skipped some objects (see the CLI's warnings above); the rest converged" ;;
+      *) die "aws s3 sync ${source} -> ${dest} failed (exit ${rc}); ${marker} left as it was" ;;
+    esac
     # `sync --delete` removes files, not the directories they were in.
     find "$dest" -mindepth 1 -type d -empty -delete
   done
