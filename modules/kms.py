@@ -18,8 +18,12 @@ class EncryptionKey(Construct):
 
     - `logs_regions`: CloudWatch Logs in those regions, for this account's log groups
       (encryption-context condition from the CloudWatch Logs KMS documentation);
-    - `s3_notifications`: S3 delivering this account's event notifications into a queue
-      encrypted with this key (aws:SourceAccount).
+    - `s3_notifications`: S3 delivering event notifications into a queue encrypted with this
+      key. As in the S3 documentation's key policy for encrypted destinations, without a
+      condition: whether S3 sends aws:SourceAccount on these KMS calls is undocumented, and a
+      condition it does not meet fails the bucket's notification configuration at apply.
+      The scoping lives in the queue policy, which admits only this account's models bucket
+      (aws:SourceArn + aws:SourceAccount).
     """
 
     def __init__(
@@ -72,7 +76,6 @@ class EncryptionKey(Construct):
                     sid="S3EventNotifications",
                     actions=["kms:GenerateDataKey", "kms:Decrypt"],
                     principals=(Principal(type="Service", identifiers=["s3.amazonaws.com"]),),
-                    conditions=(Condition(test="StringEquals", variable="aws:SourceAccount", values=[account_id]),),
                 )
             )
         key = KmsKey(
