@@ -414,7 +414,7 @@ class Config(_Model):
             # AWS's tag alphabet (letters, digits, spaces and _ . : / = + - @); it also keeps
             # Terraform's ${ and %{ out of every tag.
             for text in (k, value):
-                if not re.fullmatch(r"[\w\s.:/=+\-@]+", text):
+                if not re.fullmatch(r"[\w .:/=+\-@]+", text):
                     raise ValueError(f"tag {k!r}: {text!r} has characters AWS does not allow in tags; fix: use letters, digits, spaces and _ . : / = + - @")
         return v
 

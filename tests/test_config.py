@@ -107,6 +107,7 @@ def test_longest_derived_bucket_name_is_s3_safe():
         ({"tags": {"kubernetes.io/cluster/x": "owned"}}, "tags", "set by this product or its controllers"),
         ({"tags": {"team": ""}}, "tags", "empty or too long value"),
         ({"tags": {"team": "${var.x}"}}, "tags", "characters AWS does not allow"),
+        ({"tags": {"team": "art\nmore"}}, "tags", "characters AWS does not allow"),
         ({"edge__cloudfront": True}, "edge", "certificate_arn"),
     ],
 )
