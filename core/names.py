@@ -23,6 +23,10 @@ SYNC_REQUEST_FLAG = "/run/comfyui/model-sync.requested"
 SYNC_SCRIPT_PATH = "/usr/local/sbin/comfyui-model-sync"
 SYNC_SERVICE_NAME = "comfyui-model-sync.service"
 SYNC_TIMER_NAME = "comfyui-model-sync.timer"
+# Starts the service whenever the request flag exists, and (systemd re-checks a path unit's
+# paths when the service it triggered stops) again if the flag appeared as a sync was
+# finishing, after its last check: a request is never left to the reconcile timer.
+SYNC_PATH_UNIT_NAME = "comfyui-model-sync.path"
 # Periodic reconcile, so a node that missed an SSM command still converges.
 SYNC_RECONCILE_INTERVAL = "15min"
 
@@ -72,5 +76,6 @@ def script_variables(*, models_bucket: str, region: str) -> dict[str, str]:
         "SYNC_SCRIPT_PATH": SYNC_SCRIPT_PATH,
         "SYNC_SERVICE_NAME": SYNC_SERVICE_NAME,
         "SYNC_TIMER_NAME": SYNC_TIMER_NAME,
+        "SYNC_PATH_UNIT_NAME": SYNC_PATH_UNIT_NAME,
         "SYNC_RECONCILE_INTERVAL": SYNC_RECONCILE_INTERVAL,
     }

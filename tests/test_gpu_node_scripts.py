@@ -240,9 +240,16 @@ def test_setup_installs_and_starts_the_sync_service_without_blocking(tmp_path):
     assert f"Unit={names.SYNC_SERVICE_NAME}" in timer
     assert "WantedBy=timers.target" in timer
 
+    # The path unit starts the service while the request flag exists; systemd re-checks it
+    # when the service stops, so a request landing after the sync's last check still runs.
+    path_unit = (host.systemd_dir / names.SYNC_PATH_UNIT_NAME).read_text().splitlines()
+    assert f"PathExists={host.env()['SYNC_REQUEST_FLAG']}" in path_unit
+    assert f"Unit={names.SYNC_SERVICE_NAME}" in path_unit
+    assert "WantedBy=multi-user.target" in path_unit
+
     assert host.calls("systemctl") == [
         ["systemctl", "daemon-reload"],
-        ["systemctl", "enable", "--now", names.SYNC_TIMER_NAME],
+        ["systemctl", "enable", "--now", names.SYNC_TIMER_NAME, names.SYNC_PATH_UNIT_NAME],
         ["systemctl", "start", "--no-block", names.SYNC_SERVICE_NAME],
     ]
 

@@ -7,13 +7,15 @@
 #     several are striped into a RAID0 array. The result is formatted as XFS (only when it
 #     carries no filesystem yet) and mounted at NODE_CACHE_ROOT. Without instance store
 #     the cache lives in a directory on the root volume.
-#  2. Installs the model sync script and a systemd service + timer that run it, and starts
+#  2. Installs the model sync script and a systemd service + timer + path unit (on the
+#     request flag) that run it, and starts
 #     the first sync without waiting for it: a multi-GB download must not delay the node's
 #     registration (Karpenter gives a node about 15 minutes to register).
 #
 # Environment (see core/names.py script_variables()): MODELS_BUCKET, AWS_REGION,
 # NODE_CACHE_ROOT, MODELS_PATH, CACHE_MARKER_PATH, SYNC_REQUEST_FLAG, SYNC_SCRIPT_PATH,
-# SYNC_SERVICE_NAME, SYNC_TIMER_NAME, SYNC_RECONCILE_INTERVAL, and MODEL_PREFIXES
+# SYNC_SERVICE_NAME, SYNC_TIMER_NAME, SYNC_PATH_UNIT_NAME, SYNC_RECONCILE_INTERVAL, and
+# MODEL_PREFIXES
 # (optional, space-separated folders; empty means the whole bucket).
 #
 # Overridable for tests (defaults are the real locations): SYSTEMD_DIR, SYNC_CONFIG_DIR,
@@ -38,7 +40,8 @@ die() {
 }
 
 for required in MODELS_BUCKET AWS_REGION NODE_CACHE_ROOT MODELS_PATH CACHE_MARKER_PATH \
-  SYNC_REQUEST_FLAG SYNC_SCRIPT_PATH SYNC_SERVICE_NAME SYNC_TIMER_NAME SYNC_RECONCILE_INTERVAL; do
+  SYNC_REQUEST_FLAG SYNC_SCRIPT_PATH SYNC_SERVICE_NAME SYNC_TIMER_NAME SYNC_PATH_UNIT_NAME \
+  SYNC_RECONCILE_INTERVAL; do
   if [[ -z "${!required:-}" ]]; then
     die "required environment variable ${required} is not set"
   fi
@@ -268,8 +271,22 @@ Unit=${SYNC_SERVICE_NAME}
 WantedBy=timers.target
 EOF
 
+# systemd checks a path unit's paths again when the service it started stops: a request
+# that lands after the sync's last look at the flag still starts the next run.
+cat >"${systemd_dir}/${SYNC_PATH_UNIT_NAME}" <<EOF
+[Unit]
+Description=Converge the ComfyUI model cache when a sync is requested
+
+[Path]
+PathExists=${SYNC_REQUEST_FLAG}
+Unit=${SYNC_SERVICE_NAME}
+
+[Install]
+WantedBy=multi-user.target
+EOF
+
 systemctl daemon-reload
-systemctl enable --now "$SYNC_TIMER_NAME"
+systemctl enable --now "$SYNC_TIMER_NAME" "$SYNC_PATH_UNIT_NAME"
 # --no-block: the node registers with the cluster while the models download.
 systemctl start --no-block "$SYNC_SERVICE_NAME"
 log "started ${SYNC_SERVICE_NAME}; the ComfyUI pod waits for ${CACHE_MARKER_PATH}"
