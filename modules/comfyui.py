@@ -136,7 +136,7 @@ class IngressSettings:
     alb_tag_value: str
     source_cidrs: Sequence[str]  # subnets the ALB lives in (NetworkPolicy ingress sources)
     inbound_cidrs: Sequence[str]  # who may reach the ALB (its security group)
-    name: str = "comfyui"  # the Ingress; each Ingress gets its own ALB
+    name: str  # the Ingress; each Ingress gets its own ALB
     domain: str | None = None
     certificate_arn: str | None = None
     cognito: dict[str, str] | None = None  # userPoolARN, userPoolClientID, userPoolDomain

@@ -15,8 +15,7 @@ from cdktf_cdktf_provider_kubernetes.provider import KubernetesProvider, Kuberne
 
 from core.config import Config
 from modules.karpenter import KarpenterCluster, gpu_node_class, gpu_node_pool
-from modules import comfyui
-from modules.comfyui import comfyui_manifests
+from modules.comfyui import TERMINATION_GRACE_SECONDS, comfyui_manifests
 from modules.load_balancer import LoadBalancerController
 from modules.s3_volumes import S3Volumes
 from stacks.ingress import api_ingress_settings, ingress_settings
@@ -88,7 +87,7 @@ class WorkloadStack(ProjectStack):
             inputs_bucket=platform.store.inputs_bucket_name,
             outputs_bucket=platform.store.outputs_bucket_name,
             region=config.region,
-            pod_stop_seconds=comfyui.TERMINATION_GRACE_SECONDS,
+            pod_stop_seconds=TERMINATION_GRACE_SECONDS,
         )
         self.load_balancer = LoadBalancerController(
             self,
@@ -114,6 +113,7 @@ class WorkloadStack(ProjectStack):
             api_settings=api_ingress_settings(config),
         ):
             kind = manifest["kind"].lower()
+            is_ingress = kind == "ingress"
             # The first object of a kind keeps its plain id (stable Terraform addresses); a
             # second one (the API Ingress) adds its name.
             suffix = f"_{manifest['metadata']['name'].replace('-', '_')}" if kind in kinds_seen else ""
@@ -136,6 +136,6 @@ class WorkloadStack(ProjectStack):
                 # DNS name), not when the API server accepted it: the edge stack looks the ALB up
                 # right after, and a controller error (certificate, annotation) fails here, at
                 # its cause, instead of as "no matching load balancer" there.
-                wait=ManifestWait(fields={INGRESS_READY_FIELD: ".+"}) if kind == "ingress" else None,
-                timeouts=ManifestTimeouts(create=INGRESS_READY_TIMEOUT, update=INGRESS_READY_TIMEOUT) if kind == "ingress" else None,
+                wait=ManifestWait(fields={INGRESS_READY_FIELD: ".+"}) if is_ingress else None,
+                timeouts=ManifestTimeouts(create=INGRESS_READY_TIMEOUT, update=INGRESS_READY_TIMEOUT) if is_ingress else None,
             )

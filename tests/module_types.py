@@ -316,20 +316,16 @@ def parse_literal(text: str) -> object:
 # --- the checker ----------------------------------------------------------------------------
 
 
-def is_single_interpolation(value: str) -> bool:
-    """True when the whole string is one ``${ ... }`` sequence (its value may have any type)."""
-    if not value.startswith("${"):
-        return False
-    depth = 0
-    i = 0
-    in_string = False
-    while i < len(value):
-        c = value[i]
+def _interpolation_end(value: str, start: int) -> int | None:
+    """For the ``${`` at `start`, the index just past its matching ``}`` (braces inside
+    quoted strings do not count), or None when it is unterminated."""
+    depth, j, in_string = 1, start + 2, False
+    while j < len(value):
+        c = value[j]
         if in_string:
             if c == "\\":
-                i += 2
-                continue
-            if c == '"':
+                j += 1
+            elif c == '"':
                 in_string = False
         elif c == '"':
             in_string = True
@@ -338,9 +334,14 @@ def is_single_interpolation(value: str) -> bool:
         elif c == "}":
             depth -= 1
             if depth == 0:
-                return i == len(value) - 1
-        i += 1
-    return False
+                return j + 1
+        j += 1
+    return None
+
+
+def is_single_interpolation(value: str) -> bool:
+    """True when the whole string is one ``${ ... }`` sequence (its value may have any type)."""
+    return value.startswith("${") and _interpolation_end(value, 0) == len(value)
 
 
 def is_template(value: str) -> bool:
@@ -368,26 +369,11 @@ def interpolations(value: str) -> list[str]:
         if not value.startswith("${", i):
             i += 1
             continue
-        start = i + 2
-        depth, j, in_string = 1, start, False
-        while j < len(value) and depth:
-            c = value[j]
-            if in_string:
-                if c == "\\":
-                    j += 1
-                elif c == '"':
-                    in_string = False
-            elif c == '"':
-                in_string = True
-            elif c == "{":
-                depth += 1
-            elif c == "}":
-                depth -= 1
-            j += 1
-        if depth:
+        end = _interpolation_end(value, i)
+        if end is None:
             break  # unterminated: not an interpolation Terraform would accept either
-        found.append(value[start : j - 1])
-        i = j
+        found.append(value[i + 2 : end - 1])
+        i = end
     return found
 
 

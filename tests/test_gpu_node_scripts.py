@@ -13,7 +13,6 @@ import email
 import fcntl
 import json
 import os
-import shlex
 import shutil
 import stat
 import subprocess
@@ -553,25 +552,7 @@ def test_sync_redownloads_a_same_size_replacement_with_the_same_timestamp(s3, bu
     _assert_mirror(s3, bucket, cache)
 
 
-def _sync_wrapper(tmp_path: Path, aws_cli_env: dict[str, str], body: str) -> str:
-    """A PATH whose `aws` is the real CLI except for `s3 sync`, which runs `body` (with
-    "$REAL" the real CLI). Returns the PATH value."""
-    bin_dir = tmp_path / "wrapper-bin"
-    bin_dir.mkdir()
-    real = shutil.which("aws", path=aws_cli_env["PATH"])
-    assert real
-    wrapper = bin_dir / "aws"
-    wrapper.write_text(
-        "#!/usr/bin/env bash\n"
-        f"REAL={shlex.quote(real)}\n"
-        'if [[ " $* " == *" s3 sync "* ]]; then\n' + body + "\nfi\n"
-        'exec "$REAL" "$@"\n'
-    )
-    wrapper.chmod(0o755)
-    return f"{bin_dir}{os.pathsep}{aws_cli_env['PATH']}"
-
-
-def test_a_replaced_model_stays_readable_until_its_new_version_is_complete(s3, bucket, cache, tmp_path, aws_cli_env):
+def test_a_replaced_model_stays_readable_until_its_new_version_is_complete(s3, bucket, cache, tmp_path):
     """The stale copy is not deleted ahead of the download: a workflow that loads it during
     the sync (or after a failed one) still finds the old version, never a missing file."""
     key = "checkpoints/model.safetensors"
@@ -580,8 +561,10 @@ def test_a_replaced_model_stays_readable_until_its_new_version_is_complete(s3, b
     marker = cache.marker.read_text()
     _put(s3, bucket, {key: b"B" * 1000})
 
-    failing = _sync_wrapper(tmp_path, aws_cli_env, '  echo "simulated network failure" >&2; exit 1')
-    result = cache.sync(PATH=failing)
+    bin_dir = _aws_wrapper(tmp_path, cache.env)
+    result = cache.sync(
+        PATH=f"{bin_dir}{os.pathsep}{cache.env['PATH']}", AWS_CALLS=str(tmp_path / "calls"), FAIL_S3_SYNC="1"
+    )
     assert result.returncode != 0 and "exit 1" in result.stderr
     assert (cache.models / key).read_bytes() == b"A" * 1000, "the old model is still there"
     assert cache.marker.read_text() == marker, "the marker is left as it was"
@@ -592,13 +575,15 @@ def test_a_replaced_model_stays_readable_until_its_new_version_is_complete(s3, b
     _assert_mirror(s3, bucket, cache)
 
 
-def test_skipped_objects_are_a_warning_not_a_failure(s3, bucket, cache, tmp_path, aws_cli_env):
+def test_skipped_objects_are_a_warning_not_a_failure(s3, bucket, cache, tmp_path):
     """`aws s3 sync` exits 2 when it skipped objects with a warning (GLACIER-class objects,
     keys climbing out of their folder) and synced the rest: the node still converges and
     writes the marker, instead of never becoming ready because of one unusable object."""
     _put(s3, bucket, {"loras/a.safetensors": b"a"})
-    warning = _sync_wrapper(tmp_path, aws_cli_env, '  "$REAL" "$@" || exit $?\n  echo "warning: Skipping file s3://x/y. Object is of storage class GLACIER." >&2\n  exit 2')
-    result = cache.sync(PATH=warning)
+    bin_dir = _aws_wrapper(tmp_path, cache.env)
+    result = cache.sync(
+        PATH=f"{bin_dir}{os.pathsep}{cache.env['PATH']}", AWS_CALLS=str(tmp_path / "calls"), WARN_S3_SYNC="1"
+    )
     assert result.returncode == 0, result.stderr
     assert "WARNING" in result.stderr and "skipped some objects" in result.stderr
     assert cache.marker.is_file()
@@ -665,7 +650,8 @@ def test_sync_refuses_a_marker_inside_the_models_path(cache):
 
 def _aws_wrapper(tmp_path: Path, env: dict[str, str]) -> Path:
     """An `aws` on PATH that records calls, raises the sync request flag during the first
-    `s3 sync` (a request arriving mid-sync), or fails `s3 sync` when FAIL_S3_SYNC=1."""
+    `s3 sync` (a request arriving mid-sync), fails `s3 sync` when FAIL_S3_SYNC=1, or, when
+    WARN_S3_SYNC=1, syncs and then exits 2 like the CLI after skipping objects with a warning."""
     real_aws = shutil.which("aws", path=env["PATH"])
     assert real_aws
     bin_dir = tmp_path / "aws-bin"
@@ -676,6 +662,10 @@ def _aws_wrapper(tmp_path: Path, env: dict[str, str]) -> Path:
         'printf "%s\\n" "$*" >>"$AWS_CALLS"\n'
         'if [[ " $* " == *" s3 sync "* ]]; then\n'
         '  if [[ "${FAIL_S3_SYNC:-0}" == 1 ]]; then echo "simulated network failure" >&2; exit 1; fi\n'
+        '  if [[ "${WARN_S3_SYNC:-0}" == 1 ]]; then\n'
+        f'    "{real_aws}" "$@" || exit $?\n'
+        '    echo "warning: Skipping file s3://x/y. Object is of storage class GLACIER." >&2; exit 2\n'
+        '  fi\n'
         '  if [[ ! -e "$AWS_CALLS.raised" ]]; then : >"$AWS_CALLS.raised"; : >"$SYNC_REQUEST_FLAG"; fi\n'
         "fi\n"
         f'exec "{real_aws}" "$@"\n'
