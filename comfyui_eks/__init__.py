@@ -1,0 +1,1 @@
+"""The `comfyui-eks` command-line tool: deploy, status, invoke, models, cost, jobs."""

@@ -1,0 +1,5 @@
+import sys
+
+from comfyui_eks.cli import main
+
+sys.exit(main())
