@@ -29,6 +29,19 @@ SYNC_TIMER_NAME = "comfyui-model-sync.timer"
 SYNC_PATH_UNIT_NAME = "comfyui-model-sync.path"
 # Periodic reconcile, so a node that missed an SSM command still converges.
 SYNC_RECONCILE_INTERVAL = "15min"
+# Objects the node cannot store (a file where the cache holds a folder of that name, a name
+# longer than the filesystem allows, a folder marker with content, ...) are skipped, listed
+# here (one JSON object per line) and logged; everything else converges.
+CACHE_SKIPPED_PATH = f"{NODE_CACHE_ROOT}/.models-cache-skipped"
+# A node whose cache has not completed this long after boot reports the metric below and
+# powers itself off, so Karpenter replaces it instead of a GPU idling behind a wedged sync.
+CACHE_DEADLINE_SERVICE_NAME = "comfyui-model-cache-deadline.service"
+CACHE_DEADLINE_TIMER_NAME = "comfyui-model-cache-deadline.timer"
+# CloudWatch: the namespace the GPU nodes may write to (their IAM policy is conditioned on
+# it) and the metric an alarm watches, with the cluster name as its one dimension.
+METRICS_NAMESPACE = "ComfyUIonEKS"
+CACHE_DEADLINE_METRIC = "ModelCacheDeadlineMissed"
+METRIC_CLUSTER_DIMENSION = "ClusterName"
 
 # --- Tags on GPU instances (set by the Karpenter EC2NodeClass) ------------------------
 # The model-sync Lambda targets instances by these tags when the command runs, and its
@@ -57,6 +70,9 @@ ALB_TAG_KEY = "comfyui.io/alb"
 # --- Model sync ------------------------------------------------------------------------
 # Environment variable names shared by the Lambda's Terraform and its code.
 ENV_CLUSTER_NAME = "CLUSTER_NAME"
+# The Lambda acts only on records of this bucket (a notification configured by hand on
+# another bucket cannot trigger a sync).
+ENV_MODELS_BUCKET = "MODELS_BUCKET"
 ENV_SSM_DOCUMENT = "SSM_DOCUMENT_NAME"
 ENV_MODEL_PREFIXES = "MODEL_PREFIXES"
 ENV_NODE_CLUSTER_TAG_KEY = "NODE_CLUSTER_TAG_KEY"
