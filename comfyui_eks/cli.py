@@ -1,8 +1,9 @@
 """`comfyui-eks`: the command users live in.
 
-Every sub-command lives in its own module of this package and exposes
-`register(subparsers) -> argparse.ArgumentParser` (which sets `func` as the parser's default:
-a callable taking the parsed arguments and returning an exit code). Modules are imported only
+Every sub-command lives in a module of this package (COMMANDS) that exposes
+`register(subparsers, name) -> argparse.ArgumentParser`: it adds the parser for command
+`name` and sets `func` as that parser's default (a callable taking the parsed arguments and
+returning an exit code). One module may serve several commands (deploy/destroy). Modules are imported only
 when their command runs, so `comfyui-eks cost` never pays for boto3 or cdktf.
 
 Exit codes: 0 ok, 1 failed, 2 bad usage or configuration.
@@ -15,7 +16,16 @@ import importlib
 import sys
 
 # command -> module (comfyui_eks.<module>) that registers it
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "deploy": "deploy",
+    "destroy": "deploy",
+    "status": "status",
+    "outputs": "status",
+    "invoke": "invoke",
+    "models": "models",
+    "cost": "cost",
+    "jobs": "jobs",
+}
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -51,7 +61,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             # Other commands appear in --help without importing their modules.
             sub.add_parser(name, help=f"(see comfyui-eks {name} --help)", add_help=False)
             continue
-        importlib.import_module(f"comfyui_eks.{module}").register(sub)
+        importlib.import_module(f"comfyui_eks.{module}").register(sub, name)
     return parser
 
 
