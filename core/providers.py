@@ -5,7 +5,7 @@ imports all ~2,200 resource modules, and importing one resource module still run
 `__init__` first. Registering a bare package object in `sys.modules` instead means a
 resource module's `from .._jsii import *` loads only the package's jsii assembly, and we
 pay only for the resource modules we use. The synthesized output is byte-identical
-(see docs/benchmarks.md and ../shared/FACTS.md).
+(see docs/benchmarks.md).
 
 `modules/__init__.py` and `stacks/__init__.py` import this module first, so ordinary
 typed imports (`from cdktf_cdktf_provider_aws.s3_bucket import S3Bucket`) stay fast.

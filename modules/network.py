@@ -15,7 +15,7 @@ from cdktf_cdktf_provider_aws.vpc_endpoint import VpcEndpoint
 VPC_MODULE_SOURCE = "terraform-aws-modules/vpc/aws"
 # Pinned exactly: `terraform init` installs the newest version matching a range and only
 # then resolves providers, so a range could pull in a version that needs a newer aws
-# provider than the 6.25.0 the prebuilt bindings pin (../shared/FACTS.md).
+# provider than the 6.25.0 the prebuilt bindings pin.
 VPC_MODULE_VERSION = "6.5.1"
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared"
+DATA = REPO / "tests" / "data"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
@@ -22,13 +22,6 @@ def require(condition: bool, why: str) -> None:
     if IN_CI:
         pytest.fail(f"required in CI: {why}")
     pytest.skip(why)
-
-
-def shared_file(*parts: str) -> Path:
-    """A file from ../shared (present in CI, maybe absent in a user's clone)."""
-    path = SHARED.joinpath(*parts)
-    require(path.exists(), f"{path.relative_to(REPO.parent)} is absent (../shared is only in the dev workspace)")
-    return path
 
 
 def tool(name: str) -> str:

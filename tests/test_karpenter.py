@@ -12,17 +12,17 @@ from core import names
 from modules import comfyui
 from modules.karpenter import KARPENTER_CHART_VERSION, NODE_TERMINATION_GRACE_SECONDS, gpu_node_class, gpu_node_pool
 from tests.crd_schema import errors, load_validator
-from tests.helpers import go_duration_seconds, shared_file
+from tests.helpers import DATA, go_duration_seconds
 
 
 @pytest.fixture(scope="module")
 def nodepool_validator():
-    return load_validator(shared_file("schemas", "karpenter-v1.8.8", "karpenter.sh_nodepools.yaml"))
+    return load_validator(DATA / "crds" / "karpenter-v1.8.8" / "karpenter.sh_nodepools.yaml")
 
 
 @pytest.fixture(scope="module")
 def nodeclass_validator():
-    return load_validator(shared_file("schemas", "karpenter-v1.8.8", "karpenter.k8s.aws_ec2nodeclasses.yaml"))
+    return load_validator(DATA / "crds" / "karpenter-v1.8.8" / "karpenter.k8s.aws_ec2nodeclasses.yaml")
 
 
 def _pool(config):

@@ -2,7 +2,7 @@
 attributes inside object-typed inputs, and has the right shape.
 
 Terraform converts a module input to the variable's type and silently drops object attributes the
-type does not declare (../shared/FACTS.md), so a misspelt attribute such as
+type does not declare, so a misspelt attribute such as
 `metadata_options.http_tokenz` would disappear without an error at plan time. The interfaces of the
 pinned module versions are committed under tests/data/modules/ (see its README); the tests compare
 every module block of every stack of every configuration variant with them.
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import DEFAULT_VARIANT, VARIANTS
-from tests.helpers import REPO, SHARED, require, shared_file
+from tests.helpers import REPO
 from tests.module_types import (
     Attribute,
     Collection,
@@ -154,22 +154,6 @@ def test_interfaces_are_committed():
         for name, var in data["variables"].items():
             assert set(var) == {"required", "type"}, f"{data['file']}: {name}"
             assert isinstance(var["required"], bool)
-
-
-@pytest.mark.parametrize("name", [p.name for p in _interface_files()] + ["LICENSE"])
-def test_committed_interface_equals_shared(name):
-    shared = shared_file("modules", name)
-    committed = INTERFACE_DIR / name
-    assert committed.read_bytes() == shared.read_bytes(), (
-        f"tests/data/modules/{name} differs from ../shared/modules/{name}; copy the shared file over"
-    )
-
-
-def test_every_shared_interface_is_committed():
-    require((SHARED / "modules").is_dir(), "../shared/modules is absent (only in the dev workspace)")
-    shared = {p.name for p in (SHARED / "modules").glob("*.json")}
-    committed = {p.name for p in _interface_files()}
-    assert shared <= committed, f"copy into tests/data/modules/: {sorted(shared - committed)}"
 
 
 # --- the parser, on tricky real strings ------------------------------------------------------
