@@ -15,7 +15,10 @@ uploads to the models bucket and N GPU nodes that had converged before the burst
 
 Bytes per node are measured, not assumed: a file counts as transferred when it is new or
 was rewritten (another inode or mtime) after the strategy ran. Prints a markdown table.
-Needs moto[server] and awscli installed (the project's dev environment).
+Needs moto[server] and awscli installed (the project's dev environment). `--aws /usr/bin/aws`
+runs the nodes' side with AWS CLI v2, the GPU nodes' CLI (the endpoint is passed with
+--endpoint-url, which every CLI version takes; the classic transfer client: see
+tests/test_gpu_node_scripts.py for why not CRT).
 """
 
 from __future__ import annotations
@@ -109,7 +112,7 @@ def transferred(before: dict, after: dict) -> tuple[int, int]:
 
 
 class Bench:
-    def __init__(self, endpoint: str, workdir: Path, nodes: int):
+    def __init__(self, endpoint: str, workdir: Path, nodes: int, aws: str):
         import boto3
 
         self.endpoint = endpoint
@@ -128,7 +131,7 @@ class Bench:
         shim_dir = workdir / "bin"
         shim_dir.mkdir()
         shim = shim_dir / "aws"
-        shim.write_text(f'#!/bin/sh\necho x >> "$AWS_CALL_LOG"\nexec {tool("aws")} "$@"\n')
+        shim.write_text(f'#!/bin/sh\necho x >> "$AWS_CALL_LOG"\nexec {aws} --endpoint-url "$AWS_ENDPOINT_URL" "$@"\n')
         shim.chmod(0o755)
         self.cli_env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         self.cli_env.update(
@@ -143,6 +146,7 @@ class Bench:
             AWS_REGION=REGION, AWS_ENDPOINT_URL=endpoint,
             **{
                 names.ENV_CLUSTER_NAME: self.cluster,
+                names.ENV_MODELS_BUCKET: self.bucket,
                 names.ENV_SSM_DOCUMENT: self.document,
                 names.ENV_MODEL_PREFIXES: ",".join(PREFIXES),
                 names.ENV_NODE_CLUSTER_TAG_KEY: names.NODE_CLUSTER_TAG_KEY,
@@ -189,6 +193,7 @@ class Bench:
     def node_env(self, node: Node) -> dict[str, str]:
         return {**self.cli_env, "AWS_CALL_LOG": str(node.calls_log), "MODELS_BUCKET": self.bucket, "MODELS_PATH": str(node.models),
                 "CACHE_MARKER_PATH": str(node.root / ".models-cache-complete"),
+                "CACHE_SKIPPED_PATH": str(node.root / ".models-cache-skipped"),
                 "SYNC_REQUEST_FLAG": str(node.root / "requested"), "MODEL_PREFIXES": " ".join(PREFIXES)}
 
     def run_sync(self, node: Node, *, flag: bool) -> None:
@@ -224,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=4, help="N: GPU nodes")
     parser.add_argument("--size-kib", type=int, default=256, help="size of each uploaded object (KiB)")
     parser.add_argument("--existing", type=int, default=10, help="models already cached before the burst")
+    parser.add_argument("--aws", default=None,
+                        help="the aws CLI the nodes run (default: the venv's, v1; /usr/bin/aws for v2)")
     parser.add_argument("--rewrites", type=int, default=0,
                         help="of the K uploads, how many overwrite a key uploaded earlier in the burst")
     args = parser.parse_args(argv)
@@ -235,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     proc, endpoint = start_moto()
     workdir = Path(tempfile.mkdtemp(prefix="model-sync-bench-"))
     try:
-        bench = Bench(endpoint, workdir, n)
+        bench = Bench(endpoint, workdir, n, args.aws or tool("aws"))
         existing = [f"{PREFIXES[i % 2]}existing-{i:03d}.safetensors" for i in range(args.existing)]
         upload(bench, existing, size, "old")
         distinct = k - rewrites

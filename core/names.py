@@ -35,6 +35,7 @@ SYNC_RECONCILE_INTERVAL = "15min"
 CACHE_SKIPPED_PATH = f"{NODE_CACHE_ROOT}/.models-cache-skipped"
 # A node whose cache has not completed this long after boot reports the metric below and
 # powers itself off, so Karpenter replaces it instead of a GPU idling behind a wedged sync.
+CACHE_DEADLINE_SCRIPT_PATH = "/usr/local/sbin/comfyui-model-cache-deadline"
 CACHE_DEADLINE_SERVICE_NAME = "comfyui-model-cache-deadline.service"
 CACHE_DEADLINE_TIMER_NAME = "comfyui-model-cache-deadline.timer"
 # CloudWatch: the namespace the GPU nodes may write to (their IAM policy is conditioned on
@@ -57,11 +58,15 @@ GPU_TAINT_KEY = "nvidia.com/gpu"
 GPU_RESOURCE = "nvidia.com/gpu"
 COMFYUI_NAMESPACE = "comfyui"
 COMFYUI_SERVICE_ACCOUNT = "comfyui"
-COMFYUI_UID = 1000
-COMFYUI_GID = 1000
+# A dedicated high ID (the image's runtime user): no host or system account shares it.
+COMFYUI_UID = 10001
+COMFYUI_GID = 10001
 COMFYUI_PORT = 8188
 KARPENTER_NAMESPACE = "kube-system"
 KARPENTER_SERVICE_ACCOUNT = "karpenter"
+# KEDA (chart kedacore/keda): its operator reads the job queue through EKS Pod Identity.
+KEDA_NAMESPACE = "keda"
+KEDA_OPERATOR_SERVICE_ACCOUNT = "keda-operator"
 
 # --- Edge ------------------------------------------------------------------------------
 # The ingress sets this tag on the ALB; the edge stack finds the ALB by it.
@@ -94,4 +99,11 @@ def script_variables(*, models_bucket: str, region: str) -> dict[str, str]:
         "SYNC_TIMER_NAME": SYNC_TIMER_NAME,
         "SYNC_PATH_UNIT_NAME": SYNC_PATH_UNIT_NAME,
         "SYNC_RECONCILE_INTERVAL": SYNC_RECONCILE_INTERVAL,
+        "CACHE_SKIPPED_PATH": CACHE_SKIPPED_PATH,
+        "CACHE_DEADLINE_SCRIPT_PATH": CACHE_DEADLINE_SCRIPT_PATH,
+        "CACHE_DEADLINE_SERVICE_NAME": CACHE_DEADLINE_SERVICE_NAME,
+        "CACHE_DEADLINE_TIMER_NAME": CACHE_DEADLINE_TIMER_NAME,
+        "METRICS_NAMESPACE": METRICS_NAMESPACE,
+        "CACHE_DEADLINE_METRIC": CACHE_DEADLINE_METRIC,
+        "METRIC_CLUSTER_DIMENSION": METRIC_CLUSTER_DIMENSION,
     }

@@ -7,9 +7,11 @@ with a single `text/x-shellscript` part that cloud-init runs once, as root, at f
 
 That part exports the variables the node scripts read (names from
 `core.names.script_variables`, so Terraform, the Lambda and the pods agree on every path),
-writes the model sync script to its installed location, then runs the body of
-`scripts/gpu-node-setup.sh` (instance store -> XFS at the cache root, systemd service and
-timer for the sync, first sync started without blocking the node's registration).
+writes the model sync script and the cache deadline script to their installed locations,
+then runs the body of `scripts/gpu-node-setup.sh` (instance store -> XFS at the cache root,
+systemd service, timer and path unit for the sync, first sync started without blocking the
+node's registration, and the deadline timer that replaces a node whose cache is not
+complete in time).
 
 The output is deterministic (fixed MIME boundary, no timestamps, no local paths), so
 synthesis produces identical Terraform every time and a change to a script shows up as a
@@ -29,6 +31,7 @@ from core import names
 SCRIPTS_DIR = Path(__file__).resolve().parent / "scripts"
 SETUP_SCRIPT = SCRIPTS_DIR / "gpu-node-setup.sh"
 SYNC_SCRIPT = SCRIPTS_DIR / "model-cache-sync.sh"
+DEADLINE_SCRIPT = SCRIPTS_DIR / "model-cache-deadline.sh"
 
 # Fixed, so that the rendered user-data (and therefore the plan) is stable.
 MIME_BOUNDARY = "==COMFYUI-GPU-NODE-USER-DATA=="
@@ -36,13 +39,22 @@ MIME_BOUNDARY = "==COMFYUI-GPU-NODE-USER-DATA=="
 HEREDOC_DELIMITER = "COMFYUI_NODE_SCRIPT_EOF"
 # Where the set-up script is unpacked on the node before it runs.
 SETUP_INSTALL_PATH = Path("/usr/local/lib/comfyui/gpu-node-setup.sh")
+# The decompressed scripts, one after the other, until they are split (then removed).
+BUNDLE_PATH = SETUP_INSTALL_PATH.parent / "node-scripts"
 # EC2 rejects user-data above 16,384 bytes; Karpenter appends its NodeConfig part (~2 KB).
 USER_DATA_BUDGET_BYTES = 12_000
+
+# A node whose model cache is not complete this long after boot powers itself off.
+DEFAULT_CACHE_DEADLINE_SECONDS = 3600
+CACHE_DEADLINE_RANGE = range(60, 7 * 24 * 3600 + 1)
 
 # S3 bucket naming rules (lower case, digits, dots, hyphens; 3-63 characters). Also
 # rejects unresolved Terraform/cdktf tokens: the name is needed as a literal here.
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _REGION_RE = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]+")
+# EKS cluster names (1-100 characters). The name is a metric dimension value in the
+# deadline script's `put-metric-data --dimensions ClusterName=<name>`: no ',', '=' or spaces.
+_CLUSTER_RE = re.compile(r"[0-9A-Za-z][A-Za-z0-9_-]{0,99}")
 # One top-level folder of the bucket; the sync script maps it to MODELS_PATH/<folder>.
 _PREFIX_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*/?")
 
@@ -74,33 +86,71 @@ def _normalise_prefixes(model_prefixes: tuple[str, ...]) -> str:
     return " ".join(normalised)
 
 
+# The start of a heredoc (`<<WORD`, `<<'WORD'`, `<<"WORD"`; not a `<<<` here-string).
+_HEREDOC_RE = re.compile(r"<<-?[ \t]*(['\"]?)([A-Za-z_][A-Za-z0-9_]*)\1")
+
+
 def shipped_script(path: Path) -> bytes:
-    """What travels to the node: the script without its comment lines, which are a third of
-    its compressed size under EC2's 16 KiB user-data limit. The repository copy stays the
-    documented one; tests/test_gpu_user_data.py proves with bash's own parser (`declare -f`
-    of both) that they are the same program, so a `#` line inside a heredoc or a multi-line
-    string could never be dropped unnoticed."""
+    """What travels to the node: the script without its comment lines and its indentation,
+    which are a third of its compressed size under EC2's 16 KiB user-data limit. Heredoc
+    bodies travel as they are. The repository copy stays the documented one;
+    tests/test_gpu_user_data.py proves with bash's own parser (`declare -f` of both) that
+    they are the same program, so a `#` line or indentation inside a multi-line string (or a
+    heredoc this function failed to see) could never be changed unnoticed."""
     data = path.read_bytes()
     if not data.isascii():
         raise ValueError(f"{path.name} must be ASCII")
     lines = data.decode("ascii").splitlines(keepends=True)
-    kept = [line for i, line in enumerate(lines) if i == 0 or not line.lstrip().startswith("#")]
+    kept = lines[:1]
+    heredoc_end = None
+    for line in lines[1:]:
+        if heredoc_end is not None:
+            kept.append(line)
+            if line.rstrip("\n") == heredoc_end:
+                heredoc_end = None
+            continue
+        code = line.lstrip(" \t")
+        if code.startswith("#"):
+            continue
+        kept.append(code)
+        if match := _HEREDOC_RE.search(code):
+            heredoc_end = match.group(2)
     return "".join(kept).encode("ascii")
 
 
-def _embed(path: Path, target: str) -> str:
-    """Shell lines that write `path`'s shipped bytes to `target` (a shell word, quoted) from a
-    gzip+base64 heredoc. gzip with mtime=0 keeps the output deterministic."""
-    data = shipped_script(path)
-    encoded = base64.encodebytes(gzip.compress(data, compresslevel=9, mtime=0)).decode("ascii")
-    return f"base64 -d <<'{HEREDOC_DELIMITER}' | gunzip -c >{target}\n{encoded}{HEREDOC_DELIMITER}\n"
+def _embed(scripts: list[tuple[Path, str]]) -> str:
+    """Shell lines that write each script's shipped bytes to its target (a shell word,
+    quoted). The scripts travel as ONE gzip stream (they share most of their vocabulary:
+    about 900 bytes less than one stream each), base64-encoded in a heredoc, are
+    decompressed into BUNDLE_PATH and split by their byte counts: `head -c N` reading a
+    regular file leaves the offset just past the N bytes it copied (POSIX requires it of
+    every utility that stops before the end of a seekable input), so each `head` starts
+    where the previous one stopped. gzip with mtime=0 keeps the output deterministic."""
+    parts = [shipped_script(path) for path, _ in scripts]
+    encoded = base64.encodebytes(gzip.compress(b"".join(parts), compresslevel=9, mtime=0)).decode("ascii")
+    bundle = shlex.quote(str(BUNDLE_PATH))
+    split = "".join(f"  head -c {len(data)} >{target}\n" for data, (_, target) in zip(parts, scripts))
+    return (
+        f"base64 -d <<'{HEREDOC_DELIMITER}' | gunzip -c >{bundle}\n{encoded}{HEREDOC_DELIMITER}\n"
+        f"{{\n{split}}} <{bundle}\n"
+        f"rm -f -- {bundle}\n"
+    )
 
 
-def render_gpu_user_data(*, models_bucket: str, region: str, model_prefixes: tuple[str, ...]) -> str:
+def render_gpu_user_data(
+    *,
+    models_bucket: str,
+    region: str,
+    model_prefixes: tuple[str, ...],
+    cluster_name: str,
+    cache_deadline_seconds: int = DEFAULT_CACHE_DEADLINE_SECONDS,
+) -> str:
     """Render the GPU nodes' MIME multi-part user-data (see the module docstring).
 
     `model_prefixes` limits the cache to those top-level folders of the bucket; an empty
-    tuple caches the whole bucket. Raises ValueError for values the node scripts could not
+    tuple caches the whole bucket. `cluster_name` is the dimension of the deadline metric;
+    `cache_deadline_seconds` is how long after boot a node may take to complete its cache
+    before it powers itself off. Raises ValueError for values the node scripts could not
     use safely (an unresolved token instead of a bucket name, a nested or odd prefix).
     """
     if not _BUCKET_RE.fullmatch(models_bucket):
@@ -111,8 +161,18 @@ def render_gpu_user_data(*, models_bucket: str, region: str, model_prefixes: tup
     if not _REGION_RE.fullmatch(region):
         raise ValueError(f"region {region!r} is not an AWS region name such as 'us-west-2'")
 
+    if not _CLUSTER_RE.fullmatch(cluster_name):
+        raise ValueError(f"cluster_name {cluster_name!r} is not a literal EKS cluster name")
+    if type(cache_deadline_seconds) is not int or cache_deadline_seconds not in CACHE_DEADLINE_RANGE:
+        raise ValueError(
+            f"cache_deadline_seconds {cache_deadline_seconds!r} must be whole seconds from "
+            f"{CACHE_DEADLINE_RANGE.start} to {CACHE_DEADLINE_RANGE.stop - 1}"
+        )
+
     variables = names.script_variables(models_bucket=models_bucket, region=region)
     variables["MODEL_PREFIXES"] = _normalise_prefixes(model_prefixes)
+    variables["CLUSTER_NAME"] = cluster_name
+    variables["CACHE_DEADLINE_SECONDS"] = str(cache_deadline_seconds)
     exports = "".join(f"export {key}={shlex.quote(value)}\n" for key, value in variables.items())
 
     script = (
@@ -123,12 +183,18 @@ def render_gpu_user_data(*, models_bucket: str, region: str, model_prefixes: tup
         "\n"
         f"{exports}"
         "\n"
-        "# EC2 caps user-data at 16 KiB (and Karpenter adds its NodeConfig part), so the two\n"
+        "# EC2 caps user-data at 16 KiB (and Karpenter adds its NodeConfig part), so the\n"
         "# scripts travel gzip-compressed and base64-encoded, and are unpacked here.\n"
-        'mkdir -p -- "$(dirname -- "${SYNC_SCRIPT_PATH}")" ' + shlex.quote(str(SETUP_INSTALL_PATH.parent)) + "\n"
-        + _embed(SYNC_SCRIPT, '"${SYNC_SCRIPT_PATH}"')
-        + 'chmod 0755 -- "${SYNC_SCRIPT_PATH}"\n'
-        + _embed(SETUP_SCRIPT, shlex.quote(str(SETUP_INSTALL_PATH)))
+        'mkdir -p -- "$(dirname -- "${SYNC_SCRIPT_PATH}")" "$(dirname -- "${CACHE_DEADLINE_SCRIPT_PATH}")" '
+        + shlex.quote(str(SETUP_INSTALL_PATH.parent)) + "\n"
+        + _embed(
+            [
+                (SYNC_SCRIPT, '"${SYNC_SCRIPT_PATH}"'),
+                (DEADLINE_SCRIPT, '"${CACHE_DEADLINE_SCRIPT_PATH}"'),
+                (SETUP_SCRIPT, shlex.quote(str(SETUP_INSTALL_PATH))),
+            ]
+        )
+        + 'chmod 0755 -- "${SYNC_SCRIPT_PATH}" "${CACHE_DEADLINE_SCRIPT_PATH}"\n'
         # A node whose cache cannot be set up would join the cluster anyway (nodeadm only
         # orders itself after cloud-init, it does not require it) and sit idle, a GPU billed
         # for nothing: power it off, so its pods are evicted and Karpenter removes the empty node.

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import email
 import email.policy
+import re
 import shlex
 import subprocess
 from email.mime.text import MIMEText
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -14,9 +16,11 @@ from hypothesis import strategies as st
 
 from core import names
 from modules.gpu_user_data import (
-    HEREDOC_DELIMITER,
+    BUNDLE_PATH,
+    DEFAULT_CACHE_DEADLINE_SECONDS,
     MIME_BOUNDARY,
     SETUP_INSTALL_PATH,
+    USER_DATA_BUDGET_BYTES,
     escape_terraform,
     render_gpu_user_data,
     shipped_script,
@@ -25,7 +29,14 @@ from tests.helpers import REPO
 
 SETUP = REPO / "modules" / "scripts" / "gpu-node-setup.sh"
 SYNC = REPO / "modules" / "scripts" / "model-cache-sync.sh"
-ARGS = {"models_bucket": "comfyui-models-123456789012", "region": "eu-west-1", "model_prefixes": ("checkpoints/", "loras")}
+DEADLINE = REPO / "modules" / "scripts" / "model-cache-deadline.sh"
+ARGS = {
+    "models_bucket": "comfyui-models-123456789012",
+    "region": "eu-west-1",
+    "model_prefixes": ("checkpoints/", "loras"),
+    "cluster_name": "comfyui-prod",
+    "cache_deadline_seconds": 5400,
+}
 
 
 def _script(user_data: str) -> str:
@@ -68,6 +79,8 @@ def test_every_script_variable_is_exported_shell_quoted():
     script = _script(render_gpu_user_data(**ARGS))
     expected = names.script_variables(models_bucket=ARGS["models_bucket"], region=ARGS["region"])
     expected["MODEL_PREFIXES"] = "checkpoints/ loras/"
+    expected["CLUSTER_NAME"] = "comfyui-prod"
+    expected["CACHE_DEADLINE_SECONDS"] = "5400"
     exports = [line for line in script.splitlines() if line.startswith("export ")]
     assert exports == [f"export {key}={shlex.quote(value)}" for key, value in expected.items()]
 
@@ -88,32 +101,54 @@ def test_whole_bucket_when_no_prefixes():
     assert "export MODEL_PREFIXES=''\n" in script
 
 
+def test_the_deadline_defaults_to_an_hour():
+    args = {k: v for k, v in ARGS.items() if k != "cache_deadline_seconds"}
+    assert DEFAULT_CACHE_DEADLINE_SECONDS == 3600
+    assert f"export CACHE_DEADLINE_SECONDS={DEFAULT_CACHE_DEADLINE_SECONDS}\n" in _script(render_gpu_user_data(**args))
+
+
 def _unpack_all(script: str, tmp_path) -> dict[str, bytes]:
-    """Run every `base64 -d <<... | gunzip -c >TARGET` block of the user-data with the
-    targets redirected into tmp_path; returns {target as written in the script: bytes}."""
-    out = {}
-    lines = script.splitlines(keepends=True)
-    i = 0
-    while i < len(lines):
-        if lines[i].startswith("base64 -d <<"):
-            j = lines.index(f"{HEREDOC_DELIMITER}\n", i)
-            target = lines[i].rsplit(">", 1)[1].strip()
-            local = tmp_path / f"unpacked-{len(out)}"
-            block = "".join(lines[i:j + 1]).replace(f">{target}\n", f">{shlex.quote(str(local))}\n", 1)
-            subprocess.run(["bash", "-c", "set -euo pipefail\n" + block], env={"PATH": "/usr/bin:/bin"}, check=True)
-            out[target] = local.read_bytes()
-            i = j
-        i += 1
-    return out
+    """Run the user-data's unpacking (the one `base64 -d <<...` heredoc and the split that
+    follows) with the bundle and every target redirected into tmp_path; returns
+    {target as written in the script: bytes}."""
+    start = script.index("base64 -d <<")
+    end = script.index(f"rm -f -- {shlex.quote(str(BUNDLE_PATH))}\n", start)
+    block = script[start:end].replace(shlex.quote(str(BUNDLE_PATH)), shlex.quote(str(tmp_path / "bundle")))
+    targets = [line.split(">", 1)[1] for line in block.splitlines() if line.startswith("  head -c ")]
+    local = {target: tmp_path / f"unpacked-{i}" for i, target in enumerate(targets)}
+    for target, path in local.items():
+        block = block.replace(f">{target}\n", f">{shlex.quote(str(path))}\n", 1)
+    assert block.count("head -c") == len(targets) == 3
+    subprocess.run(["bash", "-c", "set -euo pipefail\n" + block], env={"PATH": "/usr/bin:/bin"}, check=True)
+    return {target: path.read_bytes() for target, path in local.items()}
 
 
-def test_both_scripts_travel_byte_for_byte(tmp_path):
+def test_the_scripts_travel_byte_for_byte(tmp_path):
     script = _script(render_gpu_user_data(**ARGS))
+    assert script.count("base64 -d <<") == 1, "one gzip stream for all the scripts"
     unpacked = _unpack_all(script, tmp_path)
     assert unpacked == {
         '"${SYNC_SCRIPT_PATH}"': shipped_script(SYNC),
+        '"${CACHE_DEADLINE_SCRIPT_PATH}"': shipped_script(DEADLINE),
         shlex.quote(str(SETUP_INSTALL_PATH)): shipped_script(SETUP),
     }
+
+
+def test_the_bootstrap_installs_the_scripts(tmp_path):
+    """The user-data's own lines up to the set-up, run for real with the node's paths moved
+    into tmp_path: every script lands byte for byte, the two services' scripts executable,
+    and the decompressed bundle is removed."""
+    script = _script(render_gpu_user_data(**ARGS))
+    root = str(tmp_path / "node")
+    moved = re.sub(r"(?<=[ =<>])/usr/local/", f"{root}/usr/local/", script[: script.index("if ! bash ")])
+    assert "/usr/local/" not in moved.replace(f"{root}/usr/local/", ""), "a path was left unmoved"
+    subprocess.run(["bash", "-c", moved], env={"PATH": "/usr/bin:/bin"}, check=True)
+    for path, source in ((names.SYNC_SCRIPT_PATH, SYNC), (names.CACHE_DEADLINE_SCRIPT_PATH, DEADLINE),
+                         (str(SETUP_INSTALL_PATH), SETUP)):
+        assert Path(f"{root}{path}").read_bytes() == shipped_script(source), path
+    for path in (names.SYNC_SCRIPT_PATH, names.CACHE_DEADLINE_SCRIPT_PATH):
+        assert Path(f"{root}{path}").stat().st_mode & 0o111 == 0o111
+    assert not Path(f"{root}{BUNDLE_PATH}").exists()
 
 
 def _parsed(text: str) -> str:
@@ -126,10 +161,11 @@ def _parsed(text: str) -> str:
     return result.stdout
 
 
-@pytest.mark.parametrize("path", [SETUP, SYNC], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [SETUP, SYNC, DEADLINE], ids=lambda p: p.name)
 def test_shipped_script_is_the_same_program(path):
-    """The node runs the script without its comment lines; bash parses both to the same
-    program, so the behavioural tests of the repository copy hold for the shipped one."""
+    """The node runs the script without its comment lines and indentation; bash parses
+    both to the same program, so the behavioural tests of the repository copy hold for the
+    shipped one."""
     shipped = shipped_script(path).decode()
     original = path.read_text()
     assert len(shipped) < 0.8 * len(original), "comments are dropped"
@@ -137,28 +173,45 @@ def test_shipped_script_is_the_same_program(path):
     assert _parsed(shipped) == _parsed(original)
 
 
-def test_the_program_check_catches_a_dropped_heredoc_line():
-    """Control: a `#` line inside a heredoc is data; dropping it changes the program, and
-    the check above sees it."""
-    original = "#!/usr/bin/env bash\ncat <<'EOF'\n# kept: part of the text\nEOF\n"
-    assert _parsed(original) != _parsed("#!/usr/bin/env bash\ncat <<'EOF'\nEOF\n")
+def test_heredoc_bodies_travel_as_they_are():
+    """Indentation inside a heredoc is data (the aws-config's INI continuation line)."""
+    assert "\ns3 =\n    preferred_transfer_client = crt\nEOF\n" in shipped_script(SETUP).decode()
+    assert "\n    local " not in shipped_script(SYNC).decode(), "code indentation is dropped"
+
+
+HEREDOC = "#!/usr/bin/env bash\ncat <<'EOF'\n# kept: part of the text\n  indented\nEOF\n"
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        HEREDOC.replace("# kept: part of the text\n", ""),  # a dropped `#` line
+        HEREDOC.replace("  indented", "indented"),  # dropped indentation
+    ],
+    ids=["comment-line", "indentation"],
+)
+def test_the_program_check_catches_a_changed_heredoc(changed):
+    """Control: a heredoc's lines are data; changing them changes the program, and the
+    check above sees it."""
+    assert _parsed(HEREDOC) != _parsed(changed)
+    assert _parsed(HEREDOC) == _parsed(HEREDOC.replace("cat <<", "  cat <<"))  # code indentation is not
 
 
 def test_longest_names_fit_the_budget():
-    from modules.gpu_user_data import USER_DATA_BUDGET_BYTES
-
     user_data = render_gpu_user_data(
         models_bucket="b" * 63, region="ap-southeast-4",
         model_prefixes=tuple(f"{'p' * 40}{i}/" for i in range(20)),
+        cluster_name="c" * 100, cache_deadline_seconds=604_800,
     )
     assert len(user_data.encode()) <= USER_DATA_BUDGET_BYTES
 
 
 def test_bootstrap_order():
     script = _script(render_gpu_user_data(**ARGS))
-    # Exported before anything reads them; the sync script is installed before set-up runs.
-    assert script.index("export MODELS_BUCKET=") < script.index("base64 -d")
+    # Exported before anything reads them; the scripts are installed before set-up runs.
+    assert script.index("export CACHE_DEADLINE_SCRIPT_PATH=") < script.index("base64 -d")
     assert script.index('>"${SYNC_SCRIPT_PATH}"') < script.index(f">{shlex.quote(str(SETUP_INSTALL_PATH))}")
+    assert script.index('>"${CACHE_DEADLINE_SCRIPT_PATH}"') < script.index(f"if ! bash {shlex.quote(str(SETUP_INSTALL_PATH))}")
     assert f"if ! bash {shlex.quote(str(SETUP_INSTALL_PATH))}; then" in script
 
 
@@ -190,7 +243,8 @@ def test_user_data_fits_ec2_limit_with_karpenter_part():
 
     config = load_config()
     user_data = render_gpu_user_data(
-        models_bucket=config.models_bucket, region=config.region, model_prefixes=config.model_sync.prefixes
+        models_bucket=config.models_bucket, region=config.region, model_prefixes=config.model_sync.prefixes,
+        cluster_name=config.cluster_name, cache_deadline_seconds=config.gpu.model_cache_deadline_seconds,
     )
     assert len(user_data.encode()) <= USER_DATA_BUDGET_BYTES <= 16_384 - 4_000
 
@@ -208,6 +262,8 @@ def test_rendering_is_deterministic_and_machine_independent():
     assert "/home/" not in first and "/tmp/" not in first and "/work/" not in first
     assert first.isascii()
     assert render_gpu_user_data(**{**ARGS, "model_prefixes": ("vae/",)}) != first
+    assert render_gpu_user_data(**{**ARGS, "cluster_name": "other"}) != first
+    assert render_gpu_user_data(**{**ARGS, "cache_deadline_seconds": 600}) != first
 
 
 @pytest.mark.parametrize(
@@ -217,6 +273,20 @@ def test_rendering_is_deterministic_and_machine_independent():
 def test_rejects_bucket_names_that_are_not_literal(bucket):
     with pytest.raises(ValueError, match="bucket"):
         render_gpu_user_data(**{**ARGS, "models_bucket": bucket})
+
+
+@pytest.mark.parametrize(
+    "cluster", ["${TfToken[TOKEN.3]}", "", "-leading-dash", "with space", "a,b", "a=b", "c" * 101, "comfy\n"]
+)
+def test_rejects_cluster_names_that_are_not_literal(cluster):
+    with pytest.raises(ValueError, match="cluster_name"):
+        render_gpu_user_data(**{**ARGS, "cluster_name": cluster})
+
+
+@pytest.mark.parametrize("seconds", [0, 59, 604_801, True, 3600.0, "3600"])
+def test_rejects_deadlines_out_of_range(seconds):
+    with pytest.raises(ValueError, match="cache_deadline_seconds"):
+        render_gpu_user_data(**{**ARGS, "cache_deadline_seconds": seconds})
 
 
 @pytest.mark.parametrize("region", ["${var.region}", "us west 2", ""])

@@ -40,6 +40,7 @@ CLUSTER = "comfy-a"
 OTHER_CLUSTER = "comfy-b"
 DOCUMENT = "comfy-a-model-sync"
 PREFIXES = "checkpoints/,loras/"
+MODELS_BUCKET = "models"
 LAMBDA_DIR = REPO / "lambda_src" / "model_sync"
 
 
@@ -48,6 +49,7 @@ LAMBDA_DIR = REPO / "lambda_src" / "model_sync"
 def lambda_env(**overrides: str) -> dict[str, str]:
     env = {
         names.ENV_CLUSTER_NAME: CLUSTER,
+        names.ENV_MODELS_BUCKET: MODELS_BUCKET,
         names.ENV_SSM_DOCUMENT: DOCUMENT,
         names.ENV_MODEL_PREFIXES: PREFIXES,
         names.ENV_NODE_CLUSTER_TAG_KEY: names.NODE_CLUSTER_TAG_KEY,
@@ -98,7 +100,7 @@ def run_node(cluster: str | None = CLUSTER, role: str | None = names.NODE_ROLE_G
     return out["Instances"][0]["InstanceId"]
 
 
-def s3_record(key: str, event: str = "ObjectCreated:Put", *, encode: bool = True, bucket: str = "models") -> dict:
+def s3_record(key: str, event: str = "ObjectCreated:Put", *, encode: bool = True, bucket: str = MODELS_BUCKET) -> dict:
     """One S3 notification record as S3 writes it (key URL-encoded, '+' for spaces)."""
     return {
         "eventVersion": "2.1",
@@ -235,6 +237,7 @@ def fake_aws(env, monkeypatch):
 
 def test_env_names_equal_core_names():
     assert logic.ENV_CLUSTER_NAME == names.ENV_CLUSTER_NAME
+    assert logic.ENV_MODELS_BUCKET == names.ENV_MODELS_BUCKET
     assert logic.ENV_SSM_DOCUMENT == names.ENV_SSM_DOCUMENT
     assert logic.ENV_MODEL_PREFIXES == names.ENV_MODEL_PREFIXES
     assert logic.ENV_NODE_CLUSTER_TAG_KEY == names.ENV_NODE_CLUSTER_TAG_KEY
@@ -248,6 +251,7 @@ def test_config_reads_the_core_env_names():
     c = logic.Config.from_env(lambda_env(**{names.ENV_MODEL_PREFIXES: " checkpoints/ ,loras"}))
     assert c == logic.Config(
         cluster_name=CLUSTER,
+        models_bucket=MODELS_BUCKET,
         document_name=DOCUMENT,
         model_prefixes=("checkpoints/", "loras/"),
         cluster_tag_key=names.NODE_CLUSTER_TAG_KEY,
@@ -264,6 +268,14 @@ def test_missing_env_fails_loudly(missing):
         logic.Config.from_env(env)
     with pytest.raises(logic.ConfigError):
         logic.Config.from_env(lambda_env(**{missing: "  "}))
+
+
+def test_the_models_bucket_is_required():
+    assert names.ENV_MODELS_BUCKET in logic.REQUIRED_ENV
+    env = lambda_env()
+    del env[names.ENV_MODELS_BUCKET]
+    with pytest.raises(logic.ConfigError, match=names.ENV_MODELS_BUCKET):
+        logic.Config.from_env(env)
 
 
 def test_model_prefixes_are_optional():
@@ -363,6 +375,16 @@ P = ("checkpoints/", "loras/")
 def test_is_relevant(event, key, prefixes, relevant):
     change = logic.S3Change(event_name=event.removeprefix("s3:"), bucket="b", key=key)
     assert logic.is_relevant(change, prefixes) is relevant
+
+
+def test_split_by_bucket():
+    changes = [logic.S3Change("ObjectCreated:Put", b, f"checkpoints/{i}")
+               for i, b in enumerate(["models", "other", "models", "Models", "models-old", ""])]
+    mine, others = logic.split_by_bucket(changes, "models")
+    assert [c.key for c in mine] == ["checkpoints/0", "checkpoints/2"]
+    assert [c.bucket for c in others] == ["other", "Models", "models-old", ""]
+    assert logic.bucket_names(others) == ["", "Models", "models-old", "other"]
+    assert logic.bucket_names(others, limit=2) == ["", "Models"]
 
 
 def test_parse_event_reads_sqs_s3_and_test_events():
@@ -528,7 +550,8 @@ def test_no_running_gpu_node_no_command(aws, fleet, caplog):
         boto3.client("ec2", region_name=REGION).stop_instances(InstanceIds=[node])
     caplog.set_level(logging.INFO)
     out = handler.handler(sqs_event(body(s3_record("checkpoints/a"))), None)
-    assert out == {"records": 1, "changes": 1, "relevant": 1, "skipped": 0, "nodes": 0, "command_id": None}
+    assert out == {"records": 1, "changes": 1, "other_bucket": 0, "relevant": 1, "skipped": 0, "nodes": 0,
+                   "command_id": None}
     assert list_commands() == []
     assert "no running GPU node" in caplog.text
 
@@ -706,9 +729,54 @@ def models_bucket_with_queue(bucket: str) -> tuple[str, str]:
     return queue_url, queue_arn
 
 
-def test_real_burst_of_uploads_is_one_command(aws):
+def test_records_of_other_buckets_are_ignored_and_counted(aws, monkeypatch, caplog):
+    """A notification configured by hand on another bucket, into the models bucket's queue:
+    its records never trigger a command (real notifications from moto S3 -> SQS)."""
+    run_node()
+    monkeypatch.setenv(names.ENV_MODELS_BUCKET, "models-mine")
+    queue_url, queue_arn = models_bucket_with_queue("models-mine")
+    s3 = boto3.client("s3", region_name=REGION)
+    s3.create_bucket(Bucket="someone-elses", CreateBucketConfiguration={"LocationConstraint": REGION})
+    s3.put_bucket_notification_configuration(Bucket="someone-elses", NotificationConfiguration={"QueueConfigurations": [
+        {"QueueArn": queue_arn, "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]}]})
+    for key in ("checkpoints/evil.safetensors", "loras/x.bin"):
+        s3.put_object(Bucket="someone-elses", Key=key, Body=b"x")
+    s3.delete_object(Bucket="someone-elses", Key="loras/x.bin")
+    caplog.set_level(logging.INFO)
+
+    messages = receive_all(boto3.client("sqs", region_name=REGION), queue_url)
+    out = handler.handler(lambda_event_from_sqs(messages, queue_arn), None)
+    assert out["changes"] == 3 and out["other_bucket"] == 3
+    assert out["relevant"] == 0 and out["command_id"] is None and out["nodes"] is None
+    assert list_commands() == []
+    assert 'ignored 3 change(s) of buckets other than "models-mine": ["someone-elses"]' in caplog.text
+
+    # The same batch with one change of the models bucket: one command, counted apart.
+    s3.put_object(Bucket="someone-elses", Key="checkpoints/evil2.safetensors", Body=b"x")
+    s3.put_object(Bucket="models-mine", Key="checkpoints/real.safetensors", Body=b"x")
+    messages = receive_all(boto3.client("sqs", region_name=REGION), queue_url)
+    out = handler.handler(lambda_event_from_sqs(messages, queue_arn), None)
+    assert out["other_bucket"] == 1 and out["relevant"] == 1 and out["command_id"]
+    assert len(list_commands()) == 1
+
+
+def test_other_buckets_never_reach_aws_and_log_safely(fake_aws, caplog):
+    fake = fake_aws(DescribeInstances=[DESCRIBE_ONE_NODE], SendCommand=[SEND_OK])
+    caplog.set_level(logging.INFO)
+    hostile = ["models\nFAKE LOG LINE", "models ", "", "x" * 500] + [f"b{i}" for i in range(20)]
+    out = handler.handler(sqs_event(*(body(s3_record("checkpoints/a", bucket=b)) for b in hostile)), None)
+    assert out["other_bucket"] == len(hostile) and out["relevant"] == 0 and out["command_id"] is None
+    assert fake.attempts == {}
+    for record in caplog.records:
+        assert "\n" not in record.getMessage()
+    [line] = [r.getMessage() for r in caplog.records if "other than" in r.getMessage()]
+    assert len(json.loads(line.split(": ", 1)[1])) == 10, "at most 10 bucket names are logged"
+
+
+def test_real_burst_of_uploads_is_one_command(aws, monkeypatch):
     nodes = {run_node(), run_node(), run_node()}
     run_node(cluster=OTHER_CLUSTER)
+    monkeypatch.setenv(names.ENV_MODELS_BUCKET, "models-burst")
     queue_url, queue_arn = models_bucket_with_queue("models-burst")
     s3 = boto3.client("s3", region_name=REGION)
     keys = [f"checkpoints/model {i:02d}+v1.safetensors" for i in range(40)] + [f"loras/l{i}.bin" for i in range(10)]

@@ -61,12 +61,23 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
     if parsed.test_events:
         LOG.info("ignored %d s3:TestEvent message(s)", parsed.test_events)
 
-    relevant = logic.relevant_changes(parsed.changes, cfg.model_prefixes)
+    # Only the models bucket counts: a notification configured on another bucket (by hand,
+    # into the same queue) must not make the fleet re-converge.
+    mine, other_bucket = logic.split_by_bucket(parsed.changes, cfg.models_bucket)
+    if other_bucket:
+        LOG.warning(
+            "ignored %d change(s) of buckets other than %s: %s",
+            len(other_bucket),
+            json.dumps(cfg.models_bucket),
+            json.dumps(logic.bucket_names(other_bucket)),
+        )
+    relevant = logic.relevant_changes(mine, cfg.model_prefixes)
     for line in logic.key_log_lines(relevant):
         LOG.info("model change: %s", line)
     summary: dict[str, Any] = {
         "records": parsed.records,
         "changes": len(parsed.changes),
+        "other_bucket": len(other_bucket),
         "relevant": len(relevant),
         "skipped": len(parsed.skipped),
         "nodes": None,

@@ -7,7 +7,9 @@ Flow: S3 ObjectCreated/ObjectRemoved on the models bucket -> SQS (batched by the
 source mapping) -> one Lambda invocation -> ONE `ssm:SendCommand` to this cluster's GPU
 nodes, selected by tags when the command runs. The command carries no S3 key and no
 parameter: on a node it only requests a full converge of the local cache to the bucket.
-S3 keys are decoded, filtered and logged, nothing else.
+S3 keys are decoded, filtered and logged, nothing else. Records of any other bucket (a
+notification someone configured by hand on another bucket, pointed at the same queue) are
+ignored and counted: they can never trigger a command.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from urllib.parse import unquote_plus
 
 # --- Environment variable names (== core.names.ENV_*) ----------------------------------
 ENV_CLUSTER_NAME = "CLUSTER_NAME"
+ENV_MODELS_BUCKET = "MODELS_BUCKET"
 ENV_SSM_DOCUMENT = "SSM_DOCUMENT_NAME"
 ENV_MODEL_PREFIXES = "MODEL_PREFIXES"
 ENV_NODE_CLUSTER_TAG_KEY = "NODE_CLUSTER_TAG_KEY"
@@ -28,6 +31,7 @@ ENV_NODE_ROLE_VALUE = "NODE_ROLE_VALUE"
 
 REQUIRED_ENV = (
     ENV_CLUSTER_NAME,
+    ENV_MODELS_BUCKET,
     ENV_SSM_DOCUMENT,
     ENV_NODE_CLUSTER_TAG_KEY,
     ENV_NODE_ROLE_TAG_KEY,
@@ -50,6 +54,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Config:
     cluster_name: str
+    models_bucket: str
     document_name: str
     model_prefixes: tuple[str, ...]
     cluster_tag_key: str
@@ -63,6 +68,7 @@ class Config:
             raise ConfigError(f"missing environment variables: {', '.join(missing)}")
         return cls(
             cluster_name=env[ENV_CLUSTER_NAME].strip(),
+            models_bucket=env[ENV_MODELS_BUCKET].strip(),
             document_name=env[ENV_SSM_DOCUMENT].strip(),
             model_prefixes=parse_prefixes(env.get(ENV_MODEL_PREFIXES, "")),
             cluster_tag_key=env[ENV_NODE_CLUSTER_TAG_KEY].strip(),
@@ -208,6 +214,21 @@ def parse_event(event: Any) -> ParsedEvent:
         else:
             parsed.skipped.append(f"{where}: neither an SQS message nor an S3 record: {_short(record)}")
     return parsed
+
+
+def split_by_bucket(changes: Iterable[S3Change], bucket: str) -> tuple[list[S3Change], list[S3Change]]:
+    """(changes of the models bucket, changes of any other bucket). Exact name comparison:
+    S3 bucket names are lower case and notifications carry them as created."""
+    mine: list[S3Change] = []
+    others: list[S3Change] = []
+    for change in changes:
+        (mine if change.bucket == bucket else others).append(change)
+    return mine, others
+
+
+def bucket_names(changes: Iterable[S3Change], limit: int = 10) -> list[str]:
+    """The distinct bucket names of `changes`, sorted, at most `limit` (for the log)."""
+    return sorted({c.bucket for c in changes})[:limit]
 
 
 def is_relevant(change: S3Change, prefixes: Iterable[str]) -> bool:

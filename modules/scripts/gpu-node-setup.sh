@@ -11,16 +11,22 @@
 #     request flag) that run it, and starts
 #     the first sync without waiting for it: a multi-GB download must not delay the node's
 #     registration (Karpenter gives a node about 15 minutes to register).
+#  3. Installs the cache deadline: a timer that fires once, CACHE_DEADLINE_SECONDS after
+#     boot, and runs the deadline script (model-cache-deadline.sh): a node whose cache is
+#     not complete by then reports a metric and powers itself off, so Karpenter replaces it.
 #
 # Environment (see core/names.py script_variables()): MODELS_BUCKET, AWS_REGION,
-# NODE_CACHE_ROOT, MODELS_PATH, CACHE_MARKER_PATH, SYNC_REQUEST_FLAG, SYNC_SCRIPT_PATH,
-# SYNC_SERVICE_NAME, SYNC_TIMER_NAME, SYNC_PATH_UNIT_NAME, SYNC_RECONCILE_INTERVAL, and
-# MODEL_PREFIXES
-# (optional, space-separated folders; empty means the whole bucket).
+# NODE_CACHE_ROOT, MODELS_PATH, CACHE_MARKER_PATH, CACHE_SKIPPED_PATH, SYNC_REQUEST_FLAG,
+# SYNC_SCRIPT_PATH, SYNC_SERVICE_NAME, SYNC_TIMER_NAME, SYNC_PATH_UNIT_NAME,
+# SYNC_RECONCILE_INTERVAL, CACHE_DEADLINE_SCRIPT_PATH, CACHE_DEADLINE_SERVICE_NAME,
+# CACHE_DEADLINE_TIMER_NAME, METRICS_NAMESPACE, CACHE_DEADLINE_METRIC,
+# METRIC_CLUSTER_DIMENSION; from the deployment (modules/gpu_user_data.py): CLUSTER_NAME,
+# CACHE_DEADLINE_SECONDS (whole seconds), and MODEL_PREFIXES (optional, space-separated
+# folders; empty means the whole bucket).
 #
 # Overridable for tests (defaults are the real locations): SYSTEMD_DIR, SYNC_CONFIG_DIR,
-# FSTAB, MD_DEVICE, SYNC_SCRIPT_SOURCE. Every external command (lsblk, blkid, mdadm,
-# mkfs.xfs, mount, mountpoint, systemctl) is looked up on PATH.
+# FSTAB, MD_DEVICE, SYNC_SCRIPT_SOURCE, DEADLINE_SCRIPT_SOURCE. Every external command
+# (lsblk, blkid, mdadm, mkfs.xfs, mount, mountpoint, systemctl) is looked up on PATH.
 set -euo pipefail
 shopt -s inherit_errexit
 
@@ -39,13 +45,19 @@ die() {
   exit 1
 }
 
-for required in MODELS_BUCKET AWS_REGION NODE_CACHE_ROOT MODELS_PATH CACHE_MARKER_PATH \
-  SYNC_REQUEST_FLAG SYNC_SCRIPT_PATH SYNC_SERVICE_NAME SYNC_TIMER_NAME SYNC_PATH_UNIT_NAME \
-  SYNC_RECONCILE_INTERVAL; do
+# The variables the services read (written to their environment file below).
+service_variables=(MODELS_BUCKET AWS_REGION NODE_CACHE_ROOT MODELS_PATH CACHE_MARKER_PATH
+  CACHE_SKIPPED_PATH SYNC_REQUEST_FLAG SYNC_SERVICE_NAME CLUSTER_NAME CACHE_DEADLINE_SECONDS
+  METRICS_NAMESPACE CACHE_DEADLINE_METRIC METRIC_CLUSTER_DIMENSION)
+for required in "${service_variables[@]}" SYNC_SCRIPT_PATH SYNC_TIMER_NAME SYNC_PATH_UNIT_NAME \
+  SYNC_RECONCILE_INTERVAL CACHE_DEADLINE_SCRIPT_PATH CACHE_DEADLINE_SERVICE_NAME CACHE_DEADLINE_TIMER_NAME; do
   if [[ -z "${!required:-}" ]]; then
     die "required environment variable ${required} is not set"
   fi
 done
+if [[ ! "$CACHE_DEADLINE_SECONDS" =~ ^[1-9][0-9]*$ ]]; then
+  die "CACHE_DEADLINE_SECONDS must be a whole number of seconds (got '${CACHE_DEADLINE_SECONDS}')"
+fi
 MODEL_PREFIXES="${MODEL_PREFIXES:-}"
 
 systemd_dir="${SYSTEMD_DIR:-/etc/systemd/system}"
@@ -198,18 +210,24 @@ chmod 0755 -- "$cache_root" "$MODELS_PATH"
 
 # --- 2. the sync service -----------------------------------------------------------------
 
-# The user-data writes the sync script to SYNC_SCRIPT_PATH before running this script;
-# standalone (tests, manual runs) it is copied from SYNC_SCRIPT_SOURCE or from next to
-# this file.
-if [[ -n "${SYNC_SCRIPT_SOURCE:-}" ]]; then
-  install -D -m 0755 -- "$SYNC_SCRIPT_SOURCE" "$SYNC_SCRIPT_PATH"
-elif [[ -s "$SYNC_SCRIPT_PATH" ]]; then
-  chmod 0755 -- "$SYNC_SCRIPT_PATH"
-elif [[ -f "$(dirname -- "${BASH_SOURCE[0]}")/model-cache-sync.sh" ]]; then
-  install -D -m 0755 -- "$(dirname -- "${BASH_SOURCE[0]}")/model-cache-sync.sh" "$SYNC_SCRIPT_PATH"
-else
-  die "the sync script is missing: ${SYNC_SCRIPT_PATH} does not exist and SYNC_SCRIPT_SOURCE is not set"
-fi
+# The user-data writes the sync and deadline scripts to their paths before running this
+# script; standalone (tests, manual runs) each is copied from its *_SOURCE variable or from
+# next to this file. Arguments: installed path, source override, file name next to this one.
+install_script() {
+  local sibling
+  sibling="$(dirname -- "${BASH_SOURCE[0]}")/$3"
+  if [[ -n "$2" ]]; then
+    install -D -m 0755 -- "$2" "$1"
+  elif [[ -s "$1" ]]; then
+    chmod 0755 -- "$1"
+  elif [[ -f "$sibling" ]]; then
+    install -D -m 0755 -- "$sibling" "$1"
+  else
+    die "${1} is missing and there is no ${3} to install it from"
+  fi
+}
+install_script "$SYNC_SCRIPT_PATH" "${SYNC_SCRIPT_SOURCE:-}" model-cache-sync.sh
+install_script "$CACHE_DEADLINE_SCRIPT_PATH" "${DEADLINE_SCRIPT_SOURCE:-}" model-cache-deadline.sh
 mkdir -p -- "$(dirname -- "$SYNC_REQUEST_FLAG")"
 
 env_file="${config_dir}/model-sync.env"
@@ -233,9 +251,8 @@ write_env_line() {
   printf "%s='%s'\n" "$name" "$value"
 }
 {
-  printf '# Written by %s; read by %s.\n' "$PROG" "$SYNC_SERVICE_NAME"
-  for name in MODELS_BUCKET AWS_REGION NODE_CACHE_ROOT MODELS_PATH CACHE_MARKER_PATH \
-    SYNC_REQUEST_FLAG MODEL_PREFIXES; do
+  printf '# Written by %s; read by %s and %s.\n' "$PROG" "$SYNC_SERVICE_NAME" "$CACHE_DEADLINE_SERVICE_NAME"
+  for name in "${service_variables[@]}" MODEL_PREFIXES; do
     write_env_line "$name" "${!name}"
   done
   write_env_line AWS_CONFIG_FILE "$aws_config"
@@ -285,8 +302,32 @@ Unit=${SYNC_SERVICE_NAME}
 WantedBy=multi-user.target
 EOF
 
+# The deadline: once, CACHE_DEADLINE_SECONDS after boot (after a reboot the marker is
+# normally there and the service does nothing).
+cat >"${systemd_dir}/${CACHE_DEADLINE_SERVICE_NAME}" <<EOF
+[Unit]
+Description=Replace this node unless its ComfyUI model cache is complete ${CACHE_DEADLINE_SECONDS}s after boot
+
+[Service]
+Type=oneshot
+EnvironmentFile=${env_file}
+ExecStart=${CACHE_DEADLINE_SCRIPT_PATH}
+EOF
+
+cat >"${systemd_dir}/${CACHE_DEADLINE_TIMER_NAME}" <<EOF
+[Unit]
+Description=ComfyUI model cache deadline (${CACHE_DEADLINE_SECONDS}s after boot)
+
+[Timer]
+OnBootSec=${CACHE_DEADLINE_SECONDS}s
+Unit=${CACHE_DEADLINE_SERVICE_NAME}
+
+[Install]
+WantedBy=timers.target
+EOF
+
 systemctl daemon-reload
-systemctl enable --now "$SYNC_TIMER_NAME" "$SYNC_PATH_UNIT_NAME"
+systemctl enable --now "$SYNC_TIMER_NAME" "$SYNC_PATH_UNIT_NAME" "$CACHE_DEADLINE_TIMER_NAME"
 # --no-block: the node registers with the cluster while the models download.
 systemctl start --no-block "$SYNC_SERVICE_NAME"
 log "started ${SYNC_SERVICE_NAME}; the ComfyUI pod waits for ${CACHE_MARKER_PATH}"
