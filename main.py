@@ -30,8 +30,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"config error: {line}", file=sys.stderr)
         return 2
 
-    from stacks.app import summarize, synth_atomically, warnings_for
+    from stacks.app import check_renderable, summarize, synth_atomically, warnings_for
 
+    try:
+        check_renderable(config)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(f"config error: {line}", file=sys.stderr)
+        return 2
     for warning in warnings_for(config):
         print(f"WARNING: {warning}", file=sys.stderr)
     outdir = Path(args.outdir)

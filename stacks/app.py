@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cdktf import App
 
-from core.config import Config
+from core.config import Config, ConfigError
 from stacks.edge import EdgeStack
 from stacks.platform import PlatformStack
 from stacks.state import StateStack
@@ -19,12 +19,32 @@ from stacks.workload import WorkloadStack
 def build_app(config: Config, *, outdir: str | os.PathLike[str]) -> App:
     """Every stack, in deployment order: state → platform → workload (→ edge)."""
     app = App(outdir=str(outdir))
-    StateStack(app, config=config)
-    platform = PlatformStack(app, config=config)
+    state = StateStack(app, config=config)
+    platform = PlatformStack(app, config=config, state=state)
     workload = WorkloadStack(app, config=config, platform=platform)
     if config.edge.cloudfront:
         EdgeStack(app, config=config, workload=workload)
     return app
+
+
+def check_renderable(config: Config) -> None:
+    """Render, before any stack is built, what the configuration alone decides and what can
+    still be refused after validation (the GPU nodes' user-data must fit EC2's limit with this
+    bucket name and these prefixes). Raises ConfigError naming the keys and the fix."""
+    from modules.gpu_user_data import render_gpu_user_data
+
+    try:
+        render_gpu_user_data(
+            models_bucket=config.models_bucket,
+            region=config.region,
+            model_prefixes=config.model_sync.prefixes,
+            cluster_name=config.cluster_name,
+            cache_deadline_seconds=config.gpu.model_cache_deadline_seconds,
+        )
+    except ValueError as exc:
+        raise ConfigError(
+            [f"buckets.models / model_sync.prefixes: {' '.join(str(exc).split())[:300]}; fix: use fewer or shorter prefixes"]
+        ) from None
 
 
 def warnings_for(config: Config) -> list[str]:
@@ -33,6 +53,11 @@ def warnings_for(config: Config) -> list[str]:
         warnings.append(
             "auth.mode is 'none': ComfyUI will be reachable from the internet WITHOUT authentication "
             "(acknowledged by auth.acknowledge_public_unauthenticated)."
+        )
+    if config.network.api_is_open_to_everyone:
+        warnings.append(
+            "network.api_public_cidrs opens the EKS API endpoint to the whole internet (IAM still authenticates; "
+            "acknowledged by network.acknowledge_public_api)."
         )
     return warnings
 
