@@ -33,7 +33,7 @@ user_dir="${COMFYUI_SCRATCH_DIR}/user"
 for dir in "${COMFYUI_OUTPUT_DIR}" "${COMFYUI_INPUT_DIR}" "${temp_dir}" "${user_dir}" \
     "${XDG_CACHE_HOME:-${COMFYUI_SCRATCH_DIR}/cache}"; do
     mkdir -p -- "${dir}" 2> /dev/null || die "cannot create ${dir} (running as uid $(id -u)); mount a writable volume there"
-    [[ -w "${dir}" ]] || die "${dir} is not writable by uid $(id -u); mount a writable volume there (pod fsGroup 1000)"
+    [[ -w "${dir}" ]] || die "${dir} is not writable by uid $(id -u); mount a writable volume there (pod fsGroup 10001)"
 done
 
 cd -- "${COMFYUI_HOME}"

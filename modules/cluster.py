@@ -69,6 +69,7 @@ class Cluster(Construct):
         system_max_size: int,
         system_desired_size: int,
         public_access_cidrs: Sequence[str],
+        private_access_cidrs: Sequence[str],
         viewer_role_arns: Sequence[str],
         admin_role_arns: Sequence[str],
         partition: str,
@@ -84,11 +85,26 @@ class Cluster(Construct):
                 "kubernetes_version": kubernetes_version,
                 "vpc_id": vpc_id,
                 "subnet_ids": subnet_ids,
-                # The API stays reachable for `cdktf deploy` / CI (IAM-authenticated), restricted
-                # to the configured CIDRs; nodes talk to it privately.
-                "endpoint_public_access": True,
+                # Nodes, pods and controllers always reach the API privately. A public endpoint
+                # exists only when the configuration lists who may reach it (offices, VPN, CI);
+                # otherwise deployers reach the private one from the VPC or api_private_cidrs.
+                "endpoint_public_access": bool(public_access_cidrs),
                 "endpoint_private_access": True,
-                "endpoint_public_access_cidrs": list(public_access_cidrs),
+                **({"endpoint_public_access_cidrs": list(public_access_cidrs)} if public_access_cidrs else {}),
+                **(
+                    {"security_group_additional_rules": {
+                        "api_from_private_cidrs": {
+                            "description": "Kubernetes API from peered networks and VPN clients",
+                            "protocol": "tcp",
+                            "from_port": 443,
+                            "to_port": 443,
+                            "type": "ingress",
+                            "cidr_blocks": list(private_access_cidrs),
+                        }
+                    }}
+                    if private_access_cidrs
+                    else {}
+                ),
                 # Access entries only (no aws-auth ConfigMap).
                 "authentication_mode": "API",
                 "enable_cluster_creator_admin_permissions": True,

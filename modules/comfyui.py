@@ -1,5 +1,5 @@
 """ComfyUI on Kubernetes, as plain manifests (validated in tests with kubernetes-validate,
-applied with kubernetes_manifest): service account, uploader script, Deployment, Service,
+applied with kubernetes_manifest): service account, the pod's programs, Deployment, Service,
 Ingress (ALB), PodDisruptionBudget and NetworkPolicy.
 
 Readiness design (GPU node model cache): a node joins the cluster before its multi-GB model
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import posixpath
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 from core import names
@@ -30,8 +31,6 @@ HEALTH_PATH = "/system_stats"
 # ComfyUI's /view and its file numbering keep working.
 UPLOAD_QUIET_SECONDS = 30
 LOCAL_OUTPUT_RETAIN_SECONDS = 6 * 3600
-# First fill of a node's model cache: multi-GB downloads at instance-store speed.
-MODEL_CACHE_WAIT_SECONDS = 3600
 # A running generation may take minutes: the pod gets this long to finish it on shutdown.
 TERMINATION_GRACE_SECONDS = 900
 # Model loading on first start: startup probe budget = period x failures.
@@ -42,90 +41,44 @@ STARTUP_FAILURES = 90
 ALB_IDLE_TIMEOUT_SECONDS = 3600
 STICKY_SECONDS = 86400
 
-UPLOADER_SCRIPT = '''\
-"""Copy finished ComfyUI outputs from local scratch to the S3 mount, never overwriting.
-
-Mountpoint for S3 supports only sequential writes of new files, so ComfyUI writes locally
-(seek/rename work) and this copies each file once it has been quiet for QUIET seconds to
-DST/PREFIX/<same relative path> (PREFIX: the pod name, so pods and restarts never collide).
-ComfyUI numbers files from what is in its local folder, so local copies are kept for RETAIN
-seconds (its /view keeps working) and a name that still exists in S3 gets a -N suffix
-instead of replacing the earlier object. On SIGTERM (after ComfyUI exited: native sidecar)
-it copies everything that is left.
-"""
-import os, signal, sys, time
-
-SRC, DST, QUIET, RETAIN, PREFIX = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
-stopping = False
-done = {}  # local path -> (mtime_ns, size) when it was copied
-
-
-def stop(*_):
-    global stopping
-    stopping = True
+# The programs the pod runs besides ComfyUI, shipped in one ConfigMap and mounted read-only:
+# linted and tested as the files they are. The job runner imports the job contract and the
+# ComfyUI client as sibling modules, so they travel with it from where they live.
+_REPO = Path(__file__).resolve().parent.parent
+POD_PROGRAMS_DIR = _REPO / "modules" / "pod"
+POD_PROGRAM_FILES = {
+    "wait-for-model-cache.sh": POD_PROGRAMS_DIR / "wait-for-model-cache.sh",
+    "outputs_uploader.py": POD_PROGRAMS_DIR / "outputs_uploader.py",
+    "prestop_drain.py": POD_PROGRAMS_DIR / "prestop_drain.py",
+    "job_runner.py": POD_PROGRAMS_DIR / "job_runner.py",
+    "contract.py": _REPO / "lambda_src" / "jobs" / "contract.py",
+    "comfy_client.py": _REPO / "comfyui_eks" / "comfy_client.py",
+}
+POD_PROGRAMS = tuple(POD_PROGRAM_FILES)
+PROGRAMS_CONFIG_MAP = "comfyui-programs"
+PROGRAMS_MOUNT = "/opt/comfyui-programs"
+# The preStop hook leaves the uploader this long of the grace period for the last outputs.
+PRESTOP_RESERVE_SECONDS = 60
 
 
-signal.signal(signal.SIGTERM, stop)
+@dataclass(frozen=True)
+class JobRunnerSettings:
+    """Where the job runner sidecar finds the job API's table, queue and buckets (references
+    into the platform stack), and how long a job may run."""
+
+    table: str
+    queue_url: str
+    inputs_bucket: str
+    outputs_bucket: str
+    region: str
+    timeout_seconds: int
 
 
-def create_new(path):
-    """Open a file that does not exist yet (exclusive create): name, name-1, name-2, ..."""
-    base, ext = os.path.splitext(path)
-    n = 0
-    while True:
-        candidate = path if n == 0 else f"{base}-{n}{ext}"
-        try:
-            return candidate, open(candidate, "xb")
-        except FileExistsError:
-            n += 1
-
-
-def sweep(quiet):
-    now = time.time()
-    for root, _, files in os.walk(SRC):
-        for name in files:
-            src = os.path.join(root, name)
-            try:
-                st = os.stat(src)
-                stamp = (st.st_mtime_ns, st.st_size)
-                if done.get(src) == stamp:
-                    if now - st.st_mtime > RETAIN:
-                        os.remove(src)
-                        del done[src]
-                    continue
-                if now - st.st_mtime < quiet:
-                    continue
-                dst = os.path.join(DST, PREFIX, os.path.relpath(src, SRC))
-                os.makedirs(os.path.dirname(dst), exist_ok=True)
-                with open(src, "rb") as reader:
-                    written, writer = create_new(dst)
-                    with writer:
-                        while chunk := reader.read(8 << 20):
-                            writer.write(chunk)
-                done[src] = stamp
-                print("uploaded", repr(os.path.relpath(written, DST)), flush=True)
-            except OSError as exc:
-                print("retrying later:", repr(src), exc, file=sys.stderr, flush=True)
-
-
-while not stopping:
-    sweep(QUIET)
-    time.sleep(5)
-sweep(0)
-'''
-
-PRESTOP_SCRIPT = (
-    "import json, time, urllib.request\n"
-    "deadline = time.time() + {budget}\n"
-    "while time.time() < deadline:\n"
-    "    try:\n"
-    "        q = json.load(urllib.request.urlopen('http://127.0.0.1:{port}/queue', timeout=5))\n"
-    "    except Exception:\n"
-    "        break\n"
-    "    if not q.get('queue_running') and not q.get('queue_pending'):\n"
-    "        break\n"
-    "    time.sleep(5)\n"
-)
+# The runner patches only its own Pod's annotations (do-not-disrupt, deletion cost); Roles
+# cannot name a Pod whose name is not known in advance, so the Role covers the namespace's pods.
+RUNNER_ROLE = "comfyui-job-runner"
+SERVICE_ACCOUNT_TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
+RUNNER_HEARTBEAT = "/tmp/job-runner.heartbeat"
 
 
 @dataclass(frozen=True)
@@ -137,6 +90,7 @@ class IngressSettings:
     source_cidrs: Sequence[str]  # subnets the ALB lives in (NetworkPolicy ingress sources)
     inbound_cidrs: Sequence[str]  # who may reach the ALB (its security group)
     name: str  # the Ingress; each Ingress gets its own ALB
+    subnet_ids: str | None = None  # comma-separated; None: the controller discovers them by tag
     domain: str | None = None
     certificate_arn: str | None = None
     cognito: dict[str, str] | None = None  # userPoolARN, userPoolClientID, userPoolDomain
@@ -156,13 +110,28 @@ def service_account() -> dict[str, Any]:
     }
 
 
-def uploader_config_map() -> dict[str, Any]:
+def programs_config_map() -> dict[str, Any]:
+    """The pod's programs, verbatim (Terraform-escaped where the stack places them)."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _meta("comfyui-uploader"),
-        "data": {"uploader.py": UPLOADER_SCRIPT},
+        "metadata": _meta(PROGRAMS_CONFIG_MAP),
+        "data": {name: path.read_text(encoding="utf-8") for name, path in POD_PROGRAM_FILES.items()},
     }
+
+
+def _image(image: str) -> dict[str, str]:
+    """`image` is pinned by digest (resolved at plan time); Always then costs one manifest
+    lookup per container start and never runs a stale or tampered local copy."""
+    return {"image": image, "imagePullPolicy": "Always"}
+
+
+def _program(name: str) -> str:
+    return posixpath.join(PROGRAMS_MOUNT, name)
+
+
+def _programs_mount() -> dict[str, Any]:
+    return {"name": "programs", "mountPath": PROGRAMS_MOUNT, "readOnly": True}
 
 
 def _container_security() -> dict[str, Any]:
@@ -174,7 +143,84 @@ def _container_security() -> dict[str, Any]:
     }
 
 
-def deployment(*, image: str, replicas: int) -> dict[str, Any]:
+def job_runner_container(*, image: str, runner: JobRunnerSettings) -> dict[str, Any]:
+    """A regular container (not a native sidecar): it receives SIGTERM while ComfyUI's preStop
+    still drains, so it can hand a running job back to the queue within its grace."""
+    return {
+        "name": "job-runner",
+        **_image(image),
+        "command": ["python", _program("job_runner.py")],
+        "env": [
+            {"name": "JOBS_TABLE", "value": runner.table},
+            {"name": "JOBS_QUEUE_URL", "value": runner.queue_url},
+            {"name": "INPUTS_BUCKET", "value": runner.inputs_bucket},
+            {"name": "OUTPUTS_BUCKET", "value": runner.outputs_bucket},
+            {"name": "JOBS_TIMEOUT_SECONDS", "value": str(runner.timeout_seconds)},
+            {"name": "AWS_REGION", "value": runner.region},
+            {"name": "COMFYUI_URL", "value": f"http://127.0.0.1:{names.COMFYUI_PORT}"},
+            {"name": "JOB_RUNNER_SCRATCH_DIR", "value": "/tmp"},
+            {"name": "JOB_RUNNER_HEARTBEAT_FILE", "value": RUNNER_HEARTBEAT},
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        ],
+        # Restarted when its loop stops beating (a wedged call, a deadlock). The loop beats at
+        # least every long poll (20 s) and, during a job, every lease-keeper tick.
+        "livenessProbe": {
+            "exec": {"command": ["/bin/sh", "-c", f"test -n \"$(find {RUNNER_HEARTBEAT} -mmin -5)\""]},
+            "initialDelaySeconds": 60,
+            "periodSeconds": 60,
+            "failureThreshold": 3,
+            "timeoutSeconds": 10,
+        },
+        "securityContext": _container_security(),
+        "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
+        "volumeMounts": [
+            _programs_mount(),
+            {"name": "runner-tmp", "mountPath": "/tmp"},
+            # The Kubernetes API token, for this container only (ComfyUI never gets one).
+            {"name": "runner-api-token", "mountPath": SERVICE_ACCOUNT_TOKEN_PATH, "readOnly": True},
+        ],
+    }
+
+
+def runner_api_token_volume() -> dict[str, Any]:
+    """What automountServiceAccountToken would mount, projected for the runner alone."""
+    return {
+        "name": "runner-api-token",
+        "projected": {
+            "defaultMode": 0o444,
+            "sources": [
+                {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
+            ],
+        },
+    }
+
+
+def runner_role() -> dict[str, Any]:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": _meta(RUNNER_ROLE),
+        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]}],
+    }
+
+
+def runner_role_binding() -> dict[str, Any]:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _meta(RUNNER_ROLE),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": RUNNER_ROLE},
+        "subjects": [{"kind": "ServiceAccount", "name": names.COMFYUI_SERVICE_ACCOUNT, "namespace": names.COMFYUI_NAMESPACE}],
+    }
+
+
+def deployment(*, image: str, model_cache_wait_seconds: int, runner: JobRunnerSettings) -> dict[str, Any]:
+    """`model_cache_wait_seconds`: how long the init container waits for the node's model
+    cache before the pod fails visibly (longer than the node's own deadline, after which the
+    node replaces itself)."""
     marker = posixpath.join(CACHE_MOUNT, posixpath.relpath(names.CACHE_MARKER_PATH, names.NODE_CACHE_ROOT))
     http_probe = {"httpGet": {"path": HEALTH_PATH, "port": "http"}}
     return {
@@ -182,16 +228,15 @@ def deployment(*, image: str, replicas: int) -> dict[str, Any]:
         "kind": "Deployment",
         "metadata": _meta("comfyui"),
         "spec": {
-            "replicas": replicas,
+            # No `replicas`: KEDA owns the count (scaling.*); Terraform must not fight it.
             "selector": {"matchLabels": dict(APP_LABELS)},
             # One GPU per pod and GPUs are scarce: replace pods one at a time, never surge.
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}},
             "template": {
-                "metadata": {
-                    "labels": dict(APP_LABELS),
-                    # Karpenter never voluntarily disrupts (consolidates, drifts) a node running this pod.
-                    "annotations": {"karpenter.sh/do-not-disrupt": "true"},
-                },
+                # No static karpenter.sh/do-not-disrupt: the job runner annotates the pod (and
+                # raises its deletion cost) only while it runs a job or an artist's prompt, so
+                # drift, expiry and scale-down take idle pods first.
+                "metadata": {"labels": dict(APP_LABELS)},
                 "spec": {
                     "serviceAccountName": names.COMFYUI_SERVICE_ACCOUNT,
                     "automountServiceAccountToken": False,
@@ -208,39 +253,34 @@ def deployment(*, image: str, replicas: int) -> dict[str, Any]:
                     "initContainers": [
                         {
                             "name": "wait-for-model-cache",
-                            "image": image,
-                            # A deadline, so a node whose sync keeps failing shows up as an
-                            # init error on the pod instead of waiting silently forever.
-                            "command": [
-                                "/bin/sh",
-                                "-c",
-                                'deadline=$(( $(date +%s) + TIMEOUT )); until [ -f "$MARKER" ]; do '
-                                'if [ "$(date +%s)" -ge "$deadline" ]; then echo "model cache not complete after ${TIMEOUT}s: '
-                                f'check journalctl -u {names.SYNC_SERVICE_NAME} on the node" >&2; exit 1; fi; '
-                                'echo "waiting for the node model cache ($MARKER)"; sleep 10; done',
-                            ],
+                            **_image(image),
+                            "command": ["/bin/sh", _program("wait-for-model-cache.sh")],
                             "env": [
                                 {"name": "MARKER", "value": marker},
-                                {"name": "TIMEOUT", "value": str(MODEL_CACHE_WAIT_SECONDS)},
+                                {"name": "TIMEOUT_SECONDS", "value": str(model_cache_wait_seconds)},
+                                {"name": "SYNC_SERVICE", "value": names.SYNC_SERVICE_NAME},
                             ],
                             "securityContext": _container_security(),
                             "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "64Mi"}},
-                            "volumeMounts": [{"name": "node-cache", "mountPath": CACHE_MOUNT, "readOnly": True}],
+                            "volumeMounts": [
+                                {"name": "node-cache", "mountPath": CACHE_MOUNT, "readOnly": True},
+                                _programs_mount(),
+                            ],
                         },
                         {
                             # Native sidecar (restartPolicy Always): outlives ComfyUI on shutdown,
                             # so outputs written during the grace period still reach S3.
                             "name": "outputs-uploader",
-                            "image": image,
+                            **_image(image),
                             "restartPolicy": "Always",
                             "command": [
                                 "python",
-                                "/opt/uploader/uploader.py",
+                                _program("outputs_uploader.py"),
                                 LOCAL_OUTPUTS,
                                 S3_OUTPUTS,
-                                str(UPLOAD_QUIET_SECONDS),
-                                str(LOCAL_OUTPUT_RETAIN_SECONDS),
-                                "$(POD_NAME)",
+                                "--prefix=$(POD_NAME)",
+                                f"--quiet={UPLOAD_QUIET_SECONDS}",
+                                f"--retain={LOCAL_OUTPUT_RETAIN_SECONDS}",
                             ],
                             "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
                             "securityContext": _container_security(),
@@ -248,14 +288,14 @@ def deployment(*, image: str, replicas: int) -> dict[str, Any]:
                             "volumeMounts": [
                                 {"name": "local-outputs", "mountPath": LOCAL_OUTPUTS},
                                 {"name": "s3-outputs", "mountPath": S3_OUTPUTS},
-                                {"name": "uploader", "mountPath": "/opt/uploader", "readOnly": True},
+                                _programs_mount(),
                             ],
                         },
                     ],
                     "containers": [
                         {
                             "name": "comfyui",
-                            "image": image,
+                            **_image(image),
                             "ports": [{"name": "http", "containerPort": names.COMFYUI_PORT, "protocol": "TCP"}],
                             "env": [
                                 {"name": "COMFYUI_PORT", "value": str(names.COMFYUI_PORT)},
@@ -285,8 +325,9 @@ def deployment(*, image: str, replicas: int) -> dict[str, Any]:
                                     "exec": {
                                         "command": [
                                             "python",
-                                            "-c",
-                                            PRESTOP_SCRIPT.format(budget=TERMINATION_GRACE_SECONDS - 60, port=names.COMFYUI_PORT),
+                                            _program("prestop_drain.py"),
+                                            f"--port={names.COMFYUI_PORT}",
+                                            f"--budget={TERMINATION_GRACE_SECONDS - PRESTOP_RESERVE_SECONDS}",
                                         ]
                                     }
                                 }
@@ -298,8 +339,10 @@ def deployment(*, image: str, replicas: int) -> dict[str, Any]:
                                 {"name": "inputs", "mountPath": INPUTS},
                                 {"name": "scratch", "mountPath": SCRATCH},
                                 {"name": "tmp", "mountPath": "/tmp"},
+                                _programs_mount(),
                             ],
-                        }
+                        },
+                        job_runner_container(image=image, runner=runner),
                     ],
                     "volumes": [
                         {"name": "models", "hostPath": {"path": names.MODELS_PATH, "type": "Directory"}},
@@ -309,7 +352,10 @@ def deployment(*, image: str, replicas: int) -> dict[str, Any]:
                         {"name": "tmp", "emptyDir": {"sizeLimit": "5Gi"}},
                         {"name": "inputs", "persistentVolumeClaim": {"claimName": "inputs"}},
                         {"name": "s3-outputs", "persistentVolumeClaim": {"claimName": "outputs"}},
-                        {"name": "uploader", "configMap": {"name": "comfyui-uploader", "defaultMode": 0o444}},
+                        {"name": "programs", "configMap": {"name": PROGRAMS_CONFIG_MAP, "defaultMode": 0o444}},
+                        # The runner stages one output file at a time here (read-only root).
+                        {"name": "runner-tmp", "emptyDir": {"sizeLimit": "10Gi"}},
+                        runner_api_token_volume(),
                     ],
                 },
             },
@@ -354,6 +400,9 @@ def ingress(settings: IngressSettings) -> dict[str, Any]:
     else:
         annotations["alb.ingress.kubernetes.io/listen-ports"] = json.dumps([{"HTTP": 80}])
     annotations["alb.ingress.kubernetes.io/inbound-cidrs"] = ",".join(settings.inbound_cidrs)
+    if settings.subnet_ids:
+        # Exactly the subnets the NetworkPolicy admits (never a node or pod subnet).
+        annotations["alb.ingress.kubernetes.io/subnets"] = settings.subnet_ids
     if settings.cognito:
         annotations.update(
             {
@@ -414,17 +463,28 @@ def network_policy(*exposures: IngressSettings) -> dict[str, Any]:
 
 
 def comfyui_manifests(
-    *, image: str, replicas: int, settings: IngressSettings, api_settings: IngressSettings | None = None
-) -> list[dict[str, Any]]:
-    """`api_settings`: a second, internal Ingress (its own ALB) for machine callers beside a
-    Cognito-protected one; both reach the same Service."""
-    exposures = [settings] if api_settings is None else [settings, api_settings]
-    return [
-        service_account(),
-        uploader_config_map(),
-        deployment(image=image, replicas=replicas),
-        service(),
-        *(ingress(e) for e in exposures),
-        pod_disruption_budget(),
-        network_policy(*exposures),
-    ]
+    *,
+    image: str,
+    model_cache_wait_seconds: int,
+    runner: JobRunnerSettings,
+    settings: IngressSettings,
+    api_settings: IngressSettings | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Every object, keyed by its Terraform resource id. The ids are explicit and never
+    derived from order or position: renaming one would make Terraform destroy and recreate a
+    live object. `api_settings`: a second, internal Ingress (its own ALB) for machine callers
+    beside a Cognito-protected one; both reach the same Service."""
+    objects = {
+        "comfyui_serviceaccount": service_account(),
+        "comfyui_configmap": programs_config_map(),
+        "comfyui_job_runner_role": runner_role(),
+        "comfyui_job_runner_role_binding": runner_role_binding(),
+        "comfyui_deployment": deployment(image=image, model_cache_wait_seconds=model_cache_wait_seconds, runner=runner),
+        "comfyui_service": service(),
+        "comfyui_ingress": ingress(settings),
+        "comfyui_poddisruptionbudget": pod_disruption_budget(),
+        "comfyui_networkpolicy": network_policy(*([settings] if api_settings is None else [settings, api_settings])),
+    }
+    if api_settings is not None:
+        objects["comfyui_ingress_comfyui_api"] = ingress(api_settings)
+    return objects

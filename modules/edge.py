@@ -35,7 +35,11 @@ from cdktf_cdktf_provider_aws.cloudfront_response_headers_policy import (
 )
 from cdktf_cdktf_provider_aws.cloudwatch_log_group import CloudwatchLogGroup
 from cdktf_cdktf_provider_aws.data_aws_lb import DataAwsLb
-from cdktf_cdktf_provider_aws.wafv2_web_acl_logging_configuration import Wafv2WebAclLoggingConfiguration
+from cdktf_cdktf_provider_aws.wafv2_web_acl_logging_configuration import (
+    Wafv2WebAclLoggingConfiguration,
+    Wafv2WebAclLoggingConfigurationRedactedFields,
+    Wafv2WebAclLoggingConfigurationRedactedFieldsSingleHeader,
+)
 from cdktf_cdktf_provider_aws.wafv2_web_acl import (
     Wafv2WebAcl,
     Wafv2WebAclDefaultAction,
@@ -92,7 +96,73 @@ def waf_rules(rate_limit_per_5_min: int) -> str:
     return json.dumps(rules, sort_keys=True)
 
 
+# Headers the WAF log never stores: the Cognito session cookie (AWSELBAuthSessionCookie-*,
+# valid for the whole session) and bearer tokens would otherwise sit in the log for a year.
+# Lower case: the API returns header names in lower case (terraform-provider-aws).
+WAF_REDACTED_HEADERS = ("cookie", "authorization")
+# CLOUDFRONT-scoped web ACLs and their logs live in us-east-1 (per-resource region, aws provider 6).
+CLOUDFRONT_REGION = "us-east-1"
+
+
+class EdgeWebAcl(Construct):
+    """The WAF in front of CloudFront and its request log. Every request CloudFront forwards
+    passes the web ACL, so its log is the edge's request log (CloudFront's legacy standard
+    logging needs ACL-enabled buckets, which this product forbids)."""
+
+    def __init__(
+        self, scope: Construct, id_: str, *, project: str, account_id: str, partition: str, rate_limit_per_5_min: int
+    ) -> None:
+        super().__init__(scope, id_)
+        self.web_acl = Wafv2WebAcl(
+            self,
+            "waf",
+            name=f"{project}-comfyui-edge",
+            region=CLOUDFRONT_REGION,
+            scope="CLOUDFRONT",
+            default_action=Wafv2WebAclDefaultAction(allow=Wafv2WebAclDefaultActionAllow()),
+            rule_json=waf_rules(rate_limit_per_5_min),
+            visibility_config=Wafv2WebAclVisibilityConfig(
+                cloudwatch_metrics_enabled=True, metric_name=f"{project}-comfyui-edge", sampled_requests_enabled=True
+            ),
+        )
+        # WAF log groups must be named aws-waf-logs-* and live in the web ACL's region.
+        key = EncryptionKey(
+            self,
+            "logs_key",
+            alias=f"{project}-edge-logs",
+            description=f"{project}: CloudFront WAF logs",
+            account_id=account_id,
+            partition=partition,
+            logs_regions=[CLOUDFRONT_REGION],
+            region=CLOUDFRONT_REGION,
+        )
+        waf_logs = CloudwatchLogGroup(
+            self,
+            "waf_logs",
+            name=f"aws-waf-logs-{project}-comfyui-edge",
+            region=CLOUDFRONT_REGION,
+            retention_in_days=365,
+            kms_key_id=key.key_arn,
+        )
+        Wafv2WebAclLoggingConfiguration(
+            self,
+            "waf_logging",
+            region=CLOUDFRONT_REGION,
+            resource_arn=self.web_acl.arn,
+            log_destination_configs=[waf_logs.arn],
+            redacted_fields=[
+                Wafv2WebAclLoggingConfigurationRedactedFields(
+                    single_header=Wafv2WebAclLoggingConfigurationRedactedFieldsSingleHeader(name=header)
+                )
+                for header in WAF_REDACTED_HEADERS
+            ],
+        )
+        self.arn = self.web_acl.arn
+
+
 class Edge(Construct):
+    """CloudFront (through a VPC origin to the internal ALB), its security headers and WAF."""
+
     def __init__(
         self,
         scope: Construct,
@@ -127,42 +197,13 @@ class Edge(Construct):
                 )
             ],
         )
-        # CLOUDFRONT-scoped web ACLs live in us-east-1 (per-resource region, aws provider 6).
-        waf = Wafv2WebAcl(
+        waf = EdgeWebAcl(
             self,
-            "waf",
-            name=f"{project}-comfyui-edge",
-            region="us-east-1",
-            scope="CLOUDFRONT",
-            default_action=Wafv2WebAclDefaultAction(allow=Wafv2WebAclDefaultActionAllow()),
-            rule_json=waf_rules(rate_limit_per_5_min),
-            visibility_config=Wafv2WebAclVisibilityConfig(
-                cloudwatch_metrics_enabled=True, metric_name=f"{project}-comfyui-edge", sampled_requests_enabled=True
-            ),
-        )
-        # Every request CloudFront forwards passes the web ACL, so its log is the edge's request
-        # log (CloudFront's legacy standard logging needs ACL-enabled buckets, which this
-        # product forbids). WAF log groups must be named aws-waf-logs-* and live in us-east-1.
-        key = EncryptionKey(
-            self,
-            "logs_key",
-            alias=f"{project}-edge-logs",
-            description=f"{project}: CloudFront WAF logs",
+            "web_acl",
+            project=project,
             account_id=account_id,
             partition=partition,
-            logs_regions=["us-east-1"],
-            region="us-east-1",
-        )
-        waf_logs = CloudwatchLogGroup(
-            self,
-            "waf_logs",
-            name=f"aws-waf-logs-{project}-comfyui-edge",
-            region="us-east-1",
-            retention_in_days=365,
-            kms_key_id=key.key_arn,
-        )
-        Wafv2WebAclLoggingConfiguration(
-            self, "waf_logging", region="us-east-1", resource_arn=waf.arn, log_destination_configs=[waf_logs.arn]
+            rate_limit_per_5_min=rate_limit_per_5_min,
         )
         headers = CloudfrontResponseHeadersPolicy(
             self,

@@ -7,8 +7,26 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
+from cdktf import AssetType, TerraformAsset, TerraformStack
+from constructs import Construct
+
+from modules.literal import escape_text
 
 HELM_VALUES_DIR = Path(__file__).resolve().parent.parent / "helm_values"
+# A local chart that applies the objects given in .Values.manifests verbatim: for custom
+# resources whose CRDs another release installs (a helm_release needs no CRD at plan time,
+# unlike kubernetes_manifest).
+MANIFESTS_CHART = Path(__file__).resolve().parent.parent / "charts" / "manifests"
+
+
+def manifests_chart(scope: Construct) -> str:
+    """The manifests chart's path in the stack's assets (copied once per stack)."""
+    stack = TerraformStack.of(scope)
+    existing = stack.node.try_find_child("manifests_chart")
+    asset = existing if isinstance(existing, TerraformAsset) else TerraformAsset(
+        stack, "manifests_chart", path=str(MANIFESTS_CHART), type=AssetType.DIRECTORY
+    )
+    return asset.path
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -28,5 +46,7 @@ def chart_values(name: str, computed: Mapping[str, Any] | None = None) -> dict[s
 
 
 def to_yaml(values: Mapping[str, Any]) -> str:
-    """Deterministic YAML for a helm_release `values` entry."""
-    return yaml.safe_dump(dict(values), sort_keys=True, default_flow_style=False, width=10_000)
+    """Deterministic YAML for a helm_release `values` entry, Terraform-escaped: the values
+    carry literal programs (the GPU nodes' user-data) whose `${VAR}` Terraform would otherwise
+    read as references (modules/literal.py)."""
+    return escape_text(yaml.safe_dump(dict(values), sort_keys=True, default_flow_style=False, width=10_000))

@@ -94,3 +94,33 @@ def assume_role_policy(scope: Construct, id_: str, *, service: str, pod_identity
         id_,
         Statement(sid="Trust", actions=actions, resources=(), principals=(Principal(type="Service", identifiers=[service]),)),
     )
+
+
+def pod_identity_trust(
+    scope: Construct, id_: str, *, account_id: str, cluster_arn: str, namespace: str, service_account: str
+) -> DataAwsIamPolicyDocument:
+    """Trust policy of a role for EKS Pod Identity, usable only by one service account of one
+    namespace of one cluster of this account. EKS Pod Identity passes session tags with the
+    request (EKS user guide, "Create an IAM role for EKS Pod Identity" and "Grant pods access
+    to AWS resources based on tags"): eks-cluster-arn, kubernetes-namespace,
+    kubernetes-service-account; both sts:AssumeRole and sts:TagSession carry aws:RequestTag
+    (Service Authorization Reference, STS), so one statement holds them all, as in the
+    guide's example. aws:SourceArn is left out: EKS does not document it for this principal,
+    and users report it failing (awslabs/mountpoint-s3-csi-driver#781). Without these
+    conditions any pod association in the account could assume the role."""
+    return policy_document(
+        scope,
+        id_,
+        Statement(
+            sid="PodIdentity",
+            actions=["sts:AssumeRole", "sts:TagSession"],
+            resources=(),
+            principals=(Principal(type="Service", identifiers=["pods.eks.amazonaws.com"]),),
+            conditions=(
+                Condition(test="StringEquals", variable="aws:SourceAccount", values=[account_id]),
+                Condition(test="StringEquals", variable="aws:RequestTag/eks-cluster-arn", values=[cluster_arn]),
+                Condition(test="StringEquals", variable="aws:RequestTag/kubernetes-namespace", values=[namespace]),
+                Condition(test="StringEquals", variable="aws:RequestTag/kubernetes-service-account", values=[service_account]),
+            ),
+        ),
+    )

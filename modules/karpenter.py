@@ -6,14 +6,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from cdktf import AssetType, TerraformAsset, TerraformHclModule
+from cdktf import TerraformHclModule
 from constructs import Construct
+from cdktf_cdktf_provider_aws.cloudwatch_metric_alarm import CloudwatchMetricAlarm
+from cdktf_cdktf_provider_aws.iam_policy import IamPolicy
 from cdktf_cdktf_provider_helm.release import Release
 
 from core import names
 from modules.cluster import NODE_METADATA_OPTIONS, SYSTEM_NODE_LABEL
-from modules.gpu_user_data import escape_terraform, render_gpu_user_data
-from modules.helm import chart_values, to_yaml
+from modules.gpu_user_data import render_gpu_user_data
+from modules.helm import chart_values, manifests_chart, to_yaml
+from modules.iam import Condition, Statement, policy_document
 
 KARPENTER_MODULE_SOURCE = "terraform-aws-modules/eks/aws//modules/karpenter"
 KARPENTER_MODULE_VERSION = "21.11.0"
@@ -24,7 +27,6 @@ KARPENTER_CHART_REPOSITORY = "oci://public.ecr.aws/karpenter"
 KARPENTER_CHART_VERSION = "1.8.8"
 NVIDIA_DEVICE_PLUGIN_REPOSITORY = "https://nvidia.github.io/k8s-device-plugin"
 NVIDIA_DEVICE_PLUGIN_VERSION = "0.18.1"
-MANIFESTS_CHART = Path(__file__).resolve().parent.parent / "charts" / "manifests"
 GPU_NODE_LABEL = {names.NODE_ROLE_TAG_KEY: names.NODE_ROLE_GPU}
 # Upper bound for draining an expiring or deleted GPU node, so a running generation may
 # finish (the ComfyUI pod's own grace period is shorter).
@@ -37,12 +39,103 @@ NODE_TERMINATION_GRACE_SECONDS = 3600
 # destroy. The timeout covers one full node drain plus Karpenter's own pace.
 # https://github.com/hashicorp/terraform-provider-helm/issues/593 (uninstall returning early)
 GPU_POOL_RELEASE_TIMEOUT_SECONDS = NODE_TERMINATION_GRACE_SECONDS + 600
+# SSM Agent on the GPU nodes, Run Command only (no State Manager, Inventory, Patch Manager,
+# Distributor, parameters): registration, then the channels that deliver commands. Agents
+# >= 3.3.40.0 receive Run Command through ssmmessages (Message Gateway Service) and fall back
+# to ec2messages (SSM Agent RELEASENOTES 3.1.821.0 and 3.3.40.0; SSM user guide, "Create VPC
+# endpoints"). ssmmessages also carries Session Manager; no document here starts a session.
+SSM_AGENT_REGISTER_ACTIONS = ("ssm:UpdateInstanceInformation",)
+SSM_AGENT_RUN_COMMAND_ACTIONS = (
+    "ssmmessages:CreateControlChannel",
+    "ssmmessages:CreateDataChannel",
+    "ssmmessages:OpenControlChannel",
+    "ssmmessages:OpenDataChannel",
+    "ec2messages:AcknowledgeMessage",
+    "ec2messages:DeleteMessage",
+    "ec2messages:FailMessage",
+    "ec2messages:GetEndpoint",
+    "ec2messages:GetMessages",
+    "ec2messages:SendReply",
+)
+
+
+def gpu_node_statements(*, partition: str, region: str, account_id: str) -> list[Statement]:
+    """What a GPU node does besides being a node: receive the model-sync command through SSM
+    Run Command, and report a missed model-cache deadline. Instead of the managed policy
+    AmazonSSMManagedInstanceCore, which also lets the node read every SSM parameter of the
+    account and use Session Manager, State Manager, Inventory and Patch Manager."""
+    return [
+        # Registration only for instances of this account and region, and only with instance
+        # profile credentials (ec2:SourceInstanceARN is set on those; Service Authorization
+        # Reference, Systems Manager).
+        Statement(
+            sid="RegisterWithSsm",
+            actions=list(SSM_AGENT_REGISTER_ACTIONS),
+            resources=[f"arn:{partition}:ec2:{region}:{account_id}:instance/*"],
+            conditions=(Condition(test="Null", variable="ec2:SourceInstanceARN", values=["false"]),),
+        ),
+        # These actions have no resource types: "*" is the only resource they take.
+        Statement(sid="ReceiveRunCommand", actions=list(SSM_AGENT_RUN_COMMAND_ACTIONS)),
+        Statement(
+            sid="ReportModelCacheDeadline",
+            actions=["cloudwatch:PutMetricData"],
+            conditions=(Condition(test="StringEquals", variable="cloudwatch:namespace", values=[names.METRICS_NAMESPACE]),),
+        ),
+    ]
+
+
+class GpuNodePolicy(Construct):
+    """The GPU node role's own policy (see gpu_node_statements)."""
+
+    def __init__(self, scope: Construct, id_: str, *, project: str, partition: str, region: str, account_id: str) -> None:
+        super().__init__(scope, id_)
+        document = policy_document(
+            self, "document", *gpu_node_statements(partition=partition, region=region, account_id=account_id)
+        )
+        self.policy = IamPolicy(
+            self,
+            "policy",
+            name=f"{project}-gpu-node",
+            description="ComfyUI GPU nodes: SSM Run Command (model sync) and the model-cache metric",
+            policy=document.json,
+        )
+        self.arn = self.policy.arn
+
+
+class ModelCacheAlarm(Construct):
+    """Raised when a GPU node reports that its model cache missed the deadline (the node then
+    powers itself off and Karpenter replaces it): a bucket, permission or object problem that
+    would otherwise show only as GPU nodes coming and going."""
+
+    def __init__(self, scope: Construct, id_: str, *, cluster_name: str, alarm_actions: Sequence[str]) -> None:
+        super().__init__(scope, id_)
+        CloudwatchMetricAlarm(
+            self,
+            "alarm",
+            alarm_name=f"{cluster_name}-gpu-model-cache-deadline",
+            alarm_description=(
+                "A GPU node's model cache did not complete in time; the node powered off and is replaced. "
+                f"See journalctl -u {names.SYNC_SERVICE_NAME} (collected in the node's console output) and "
+                f"{names.CACHE_SKIPPED_PATH} on the next node."
+            ),
+            namespace=names.METRICS_NAMESPACE,
+            metric_name=names.CACHE_DEADLINE_METRIC,
+            dimensions={names.METRIC_CLUSTER_DIMENSION: cluster_name},
+            statistic="Sum",
+            period=300,
+            evaluation_periods=1,
+            threshold=1,
+            comparison_operator="GreaterThanOrEqualToThreshold",
+            treat_missing_data="notBreaching",
+            alarm_actions=list(alarm_actions),
+            ok_actions=list(alarm_actions),
+        )
 
 
 class KarpenterAws(Construct):
     """Controller role (EKS Pod Identity), interruption queue + EventBridge rules, node role
-    with SSM (the model-sync command) and read-only access to the models bucket, and the
-    node access entry."""
+    with the GPU node policy (SSM Run Command for the model sync, the cache metric) and
+    read-only access to the models bucket, and the node access entry."""
 
     def __init__(
         self,
@@ -51,9 +144,10 @@ class KarpenterAws(Construct):
         *,
         cluster_name: str,
         node_role_name: str,
-        models_read_policy_arn: str,
-        partition: str,
+        node_policy_arns: Mapping[str, str],
     ) -> None:
+        """`node_policy_arns`: extra policies of the node role, by a name known at synth time
+        (the module's for_each key)."""
         super().__init__(scope, id_)
         self.module = TerraformHclModule(
             self,
@@ -68,16 +162,12 @@ class KarpenterAws(Construct):
                 "enable_spot_termination": True,
                 "node_iam_role_use_name_prefix": False,
                 "node_iam_role_name": node_role_name,
-                "node_iam_role_additional_policies": {
-                    # The model-sync Lambda reaches nodes through SSM Run Command.
-                    "AmazonSSMManagedInstanceCore": f"arn:{partition}:iam::aws:policy/AmazonSSMManagedInstanceCore",
-                    "ModelsRead": models_read_policy_arn,
-                },
+                "node_iam_role_additional_policies": dict(node_policy_arns),
             },
         )
-        self.karpenter_node_role_name = self.module.get_string("node_iam_role_name")
-        self.karpenter_queue_name = self.module.get_string("queue_name")
-        self.karpenter_controller_role_arn = self.module.get_string("iam_role_arn")
+        self.node_role_name = self.module.get_string("node_iam_role_name")
+        self.queue_name = self.module.get_string("queue_name")
+        self.controller_role_arn = self.module.get_string("iam_role_arn")
 
 
 def karpenter_values(*, cluster_name: str, cluster_endpoint: str, queue_name: str) -> dict[str, Any]:
@@ -100,7 +190,8 @@ def gpu_node_class(
     model_prefixes: Sequence[str],
     root_volume_gib: int,
     tags: Mapping[str, str],
-    ami_alias: str = "al2023@latest",
+    ami_alias: str,
+    cache_deadline_seconds: int,
 ) -> dict[str, Any]:
     """EC2NodeClass for the GPU pool. `userData` is returned plain (not Terraform-escaped).
     `tags`: the project's tags, for the GPU instances and volumes (Terraform's default tags
@@ -135,7 +226,11 @@ def gpu_node_class(
             ],
             # The instance store is ours (model cache RAID0), so no instanceStorePolicy.
             "userData": render_gpu_user_data(
-                models_bucket=models_bucket, region=region, model_prefixes=tuple(model_prefixes)
+                models_bucket=models_bucket,
+                region=region,
+                model_prefixes=tuple(model_prefixes),
+                cluster_name=cluster_name,
+                cache_deadline_seconds=cache_deadline_seconds,
             ),
             "tags": {
                 **tags,
@@ -225,15 +320,13 @@ class KarpenterCluster(Construct):
             atomic=True,
             cleanup_on_fail=True,
         )
-        chart = TerraformAsset(self, "manifests_chart", path=str(MANIFESTS_CHART), type=AssetType.DIRECTORY)
-        escaped_class = {**node_class, "spec": {**node_class["spec"], "userData": escape_terraform(node_class["spec"]["userData"])}}
         self.gpu_pool = Release(
             self,
             "gpu_pool",
             name="gpu-nodepool",
             namespace=names.KARPENTER_NAMESPACE,
-            chart=chart.path,
-            values=[to_yaml({"manifests": [escaped_class, node_pool]})],
+            chart=manifests_chart(self),
+            values=[to_yaml({"manifests": [node_class, node_pool]})],
             depends_on=[self.karpenter],
             wait=True,
             timeout=GPU_POOL_RELEASE_TIMEOUT_SECONDS,

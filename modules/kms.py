@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from cdktf import TerraformResourceLifecycle
 from constructs import Construct
 from cdktf_cdktf_provider_aws.kms_alias import KmsAlias
 from cdktf_cdktf_provider_aws.kms_key import KmsKey
@@ -38,7 +39,10 @@ class EncryptionKey(Construct):
         logs_regions: Sequence[str] = (),
         s3_notifications: bool = False,
         region: str | None = None,
+        prevent_destroy: bool = False,
     ) -> None:
+        """`prevent_destroy`: Terraform refuses any plan that would destroy the key (for keys
+        that hold state or user data: once deleted, every object encrypted with it is lost)."""
         super().__init__(scope, id_)
         statements = [
             Statement(
@@ -86,7 +90,9 @@ class EncryptionKey(Construct):
             deletion_window_in_days=30,
             policy=policy_json(*statements),
             region=region,
+            lifecycle=TerraformResourceLifecycle(prevent_destroy=True) if prevent_destroy else None,
         )
         KmsAlias(self, "alias", name=f"alias/{alias}", target_key_id=key.key_id, region=region)
+        self.resource = key
         self.key_arn = key.arn
         self.key_id = key.key_id

@@ -2,14 +2,18 @@
 the workload stack. It turns the ComfyUI Ingress into an ALB.
 
 The policy is the controller's own `docs/install/iam_policy.json` at v2.17.0
-(kubernetes-sigs/aws-load-balancer-controller), rebuilt from typed statements with the
-partition taken from the config instead of a hard-coded `arn:aws`, and one deliberate
-tightening: every write action that upstream grants on `Resource: "*"` is scoped to the ARN
-types it acts on (security groups, load balancers, listeners, rules, target groups), and the
-WAF/Shield *write* actions (waf(v2) Associate/Disassociate, elasticloadbalancing:SetWebAcl,
-shield Create/DeleteProtection) are left out: this product does not attach WAF or Shield to
-the ALB (its WAF is on CloudFront), and the controller's WAF/Shield features are switched off
-in helm_values/aws-load-balancer-controller.yaml. Reads stay (the controller still inspects).
+(kubernetes-sigs/aws-load-balancer-controller), rebuilt from typed statements, and tightened
+on purpose:
+- every ARN names this partition, region and account (upstream: `*`);
+- every write to a security group, load balancer, target group, listener or rule requires
+  this cluster's tag value (`elbv2.k8s.aws/cluster` = the cluster name), where upstream only
+  requires that *some* cluster's tag is present, or nothing at all (listeners, rules,
+  targets): another cluster's controller in the account can't touch ours, nor ours theirs;
+- security group rules it adds to groups it did not create are limited to this VPC;
+- the WAF/Shield *write* actions (waf(v2) Associate/Disassociate, SetWebAcl, shield
+  Create/DeleteProtection) are left out: this product attaches no WAF or Shield to the ALB
+  (its WAF is on CloudFront), and those controller features are off in
+  helm_values/aws-load-balancer-controller.yaml. Reads stay (the controller still inspects).
 """
 
 from __future__ import annotations
@@ -25,31 +29,39 @@ from cdktf_cdktf_provider_helm.release import Release
 
 from modules.cluster import SYSTEM_NODE_LABEL
 from modules.helm import chart_values, to_yaml
-from modules.iam import Condition, Statement, assume_role_policy, policy_document
+from modules.iam import Condition, Statement, pod_identity_trust, policy_document
 
 LBC_CHART_REPOSITORY = "https://aws.github.io/eks-charts"
 LBC_CHART_VERSION = "1.17.0"  # controller v2.17.0
 LBC_NAMESPACE = "kube-system"
 LBC_SERVICE_ACCOUNT = "aws-load-balancer-controller"
-_CLUSTER_TAG = "elbv2.k8s.aws/cluster"
+CLUSTER_TAG = "elbv2.k8s.aws/cluster"
 
 
-def _tag_present(kind: str) -> Condition:
-    """`aws:<kind>Tag/elbv2.k8s.aws/cluster` is set (Null=false) or absent (Null=true)."""
-    return Condition(test="Null", variable=f"aws:{kind}Tag/{_CLUSTER_TAG}", values=["false"])
+def _own(kind: str, cluster_name: str) -> Condition:
+    """`aws:<kind>Tag/elbv2.k8s.aws/cluster` equals this cluster: the controller tags every
+    security group, load balancer, target group, listener and rule it creates with it
+    (pkg/deploy/tracking/provider.go; listeners and rules since v2.2.0, feature gate
+    ListenerRulesTagging, on by default and set in helm_values)."""
+    return Condition(test="StringEquals", variable=f"aws:{kind}Tag/{CLUSTER_TAG}", values=[cluster_name])
 
 
-def _tag_absent(kind: str) -> Condition:
-    return Condition(test="Null", variable=f"aws:{kind}Tag/{_CLUSTER_TAG}", values=["true"])
+def _cluster_tag_unchanged() -> Condition:
+    """The request does not set the cluster tag (it cannot re-tag a resource as ours)."""
+    return Condition(test="Null", variable=f"aws:RequestTag/{CLUSTER_TAG}", values=["true"])
 
 
-def controller_statements(partition: str) -> list[Statement]:
-    elb = f"arn:{partition}:elasticloadbalancing:*:*"
-    tg_and_lb = [f"{elb}:targetgroup/*/*", f"{elb}:loadbalancer/net/*/*", f"{elb}:loadbalancer/app/*/*"]
+def controller_statements(*, partition: str, region: str, account_id: str, cluster_name: str, vpc_id: str) -> list[Statement]:
+    """The controller's policy, scoped to this region and account, to what this cluster's
+    controller created (its cluster tag) and, for security group rules, to this VPC."""
+    elb = f"arn:{partition}:elasticloadbalancing:{region}:{account_id}"
     load_balancers = [f"{elb}:loadbalancer/net/*/*", f"{elb}:loadbalancer/app/*/*"]
+    target_groups = [f"{elb}:targetgroup/*/*"]
     listeners = [f"{elb}:listener/net/*/*/*", f"{elb}:listener/app/*/*/*"]
     rules = [f"{elb}:listener-rule/net/*/*/*", f"{elb}:listener-rule/app/*/*/*"]
-    security_groups = [f"arn:{partition}:ec2:*:*:security-group/*"]
+    elb_resources = [*load_balancers, *target_groups, *listeners, *rules]
+    security_groups = [f"arn:{partition}:ec2:{region}:{account_id}:security-group/*"]
+    vpc_arn = f"arn:{partition}:ec2:{region}:{account_id}:vpc/{vpc_id}"
     return [
         Statement(
             sid="CreateServiceLinkedRole",
@@ -90,125 +102,141 @@ def controller_statements(partition: str) -> list[Statement]:
                 "ec2:GetSecurityGroupsForVpc",
             ],
             resources=[
-                f"arn:{partition}:cognito-idp:*:*:userpool/*",
-                f"arn:{partition}:acm:*:*:certificate/*",
-                f"arn:{partition}:iam::*:server-certificate/*",
+                f"arn:{partition}:cognito-idp:{region}:{account_id}:userpool/*",
+                f"arn:{partition}:acm:{region}:{account_id}:certificate/*",
+                f"arn:{partition}:iam::{account_id}:server-certificate/*",
                 f"{elb}:loadbalancer/app/*/*",
-                f"arn:{partition}:waf-regional:*:*:webacl/*",
-                f"arn:{partition}:wafv2:*:*:regional/webacl/*/*",
-                f"arn:{partition}:shield::*:protection/*",
-                f"arn:{partition}:ec2:*:*:coip-pool/*",
-                f"arn:{partition}:ec2:*:*:vpc/*",
+                f"arn:{partition}:waf-regional:{region}:{account_id}:webacl/*",
+                f"arn:{partition}:wafv2:{region}:{account_id}:regional/webacl/*/*",
+                f"arn:{partition}:shield::{account_id}:protection/*",
+                f"arn:{partition}:ec2:{region}:{account_id}:coip-pool/*",
+                vpc_arn,
                 *security_groups,
             ],
         ),
+        # The controller opens node and pod security groups it did not create (and cannot tag) to
+        # its ALBs: scoped to this VPC (ec2:Vpc, Service Authorization Reference, EC2).
         Statement(
-            sid="SecurityGroupRules",
+            sid="SecurityGroupRulesInThisVpc",
             actions=["ec2:AuthorizeSecurityGroupIngress", "ec2:RevokeSecurityGroupIngress"],
-            resources=[*security_groups, f"arn:{partition}:ec2:*:*:security-group-rule/*"],
+            resources=security_groups,
+            conditions=(Condition(test="ArnEquals", variable="ec2:Vpc", values=[vpc_arn]),),
         ),
         Statement(
-            sid="CreateSecurityGroup",
+            sid="SecurityGroupRuleObjects",
+            actions=["ec2:AuthorizeSecurityGroupIngress", "ec2:RevokeSecurityGroupIngress"],
+            resources=[f"arn:{partition}:ec2:{region}:{account_id}:security-group-rule/*"],
+        ),
+        Statement(sid="CreateSecurityGroupInThisVpc", actions=["ec2:CreateSecurityGroup"], resources=[vpc_arn]),
+        Statement(
+            sid="CreateOwnSecurityGroup",
             actions=["ec2:CreateSecurityGroup"],
-            resources=[*security_groups, f"arn:{partition}:ec2:*:*:vpc/*"],
+            resources=security_groups,
+            conditions=(_own("Request", cluster_name),),
         ),
         Statement(
             sid="TagNewSecurityGroup",
             actions=["ec2:CreateTags"],
-            resources=[f"arn:{partition}:ec2:*:*:security-group/*"],
+            resources=security_groups,
             conditions=(
                 Condition(test="StringEquals", variable="ec2:CreateAction", values=["CreateSecurityGroup"]),
-                _tag_present("Request"),
+                _own("Request", cluster_name),
             ),
         ),
         Statement(
             sid="TagOwnSecurityGroup",
             actions=["ec2:CreateTags", "ec2:DeleteTags"],
-            resources=[f"arn:{partition}:ec2:*:*:security-group/*"],
-            conditions=(_tag_absent("Request"), _tag_present("Resource")),
-        ),
-        Statement(
-            sid="ManageOwnSecurityGroup",
-            actions=["ec2:AuthorizeSecurityGroupIngress", "ec2:RevokeSecurityGroupIngress", "ec2:DeleteSecurityGroup"],
             resources=security_groups,
-            conditions=(_tag_present("Resource"),),
+            conditions=(_own("Resource", cluster_name), _cluster_tag_unchanged()),
         ),
         Statement(
-            sid="CreateTaggedLoadBalancer",
+            sid="DeleteOwnSecurityGroup",
+            actions=["ec2:DeleteSecurityGroup"],
+            resources=security_groups,
+            conditions=(_own("Resource", cluster_name),),
+        ),
+        Statement(
+            sid="CreateOwnLoadBalancer",
             actions=["elasticloadbalancing:CreateLoadBalancer", "elasticloadbalancing:CreateTargetGroup"],
-            resources=tg_and_lb,
-            conditions=(_tag_present("Request"),),
+            resources=[*load_balancers, *target_groups],
+            conditions=(_own("Request", cluster_name),),
         ),
         Statement(
-            sid="Listeners",
-            actions=[
-                "elasticloadbalancing:CreateListener", "elasticloadbalancing:DeleteListener",
-                "elasticloadbalancing:CreateRule", "elasticloadbalancing:DeleteRule",
-            ],
-            resources=[*load_balancers, *listeners, *rules, f"{elb}:targetgroup/*/*"],
+            sid="TagOnCreate",
+            actions=["elasticloadbalancing:AddTags"],
+            resources=elb_resources,
+            conditions=(
+                Condition(
+                    test="StringEquals",
+                    variable="elasticloadbalancing:CreateAction",
+                    values=["CreateLoadBalancer", "CreateTargetGroup", "CreateListener", "CreateRule"],
+                ),
+                _own("Request", cluster_name),
+            ),
         ),
         Statement(
-            sid="TagOwnLoadBalancer",
+            sid="TagOwn",
             actions=["elasticloadbalancing:AddTags", "elasticloadbalancing:RemoveTags"],
-            resources=tg_and_lb,
-            conditions=(_tag_absent("Request"), _tag_present("Resource")),
+            resources=elb_resources,
+            conditions=(_own("Resource", cluster_name), _cluster_tag_unchanged()),
         ),
         Statement(
-            sid="TagListeners",
-            actions=["elasticloadbalancing:AddTags", "elasticloadbalancing:RemoveTags"],
-            resources=[
-                f"{elb}:listener/net/*/*/*", f"{elb}:listener/app/*/*/*",
-                f"{elb}:listener-rule/net/*/*/*", f"{elb}:listener-rule/app/*/*/*",
-            ],
-        ),
-        Statement(
-            sid="ModifyOwnLoadBalancer",
+            sid="ManageOwn",
             actions=[
                 "elasticloadbalancing:ModifyLoadBalancerAttributes", "elasticloadbalancing:SetIpAddressType",
                 "elasticloadbalancing:SetSecurityGroups", "elasticloadbalancing:SetSubnets",
                 "elasticloadbalancing:DeleteLoadBalancer", "elasticloadbalancing:ModifyTargetGroup",
                 "elasticloadbalancing:ModifyTargetGroupAttributes", "elasticloadbalancing:DeleteTargetGroup",
-                "elasticloadbalancing:ModifyListenerAttributes", "elasticloadbalancing:ModifyCapacityReservation",
-                "elasticloadbalancing:ModifyIpPools",
-            ],
-            resources=[*tg_and_lb, *listeners],
-            conditions=(_tag_present("Resource"),),
-        ),
-        Statement(
-            sid="TagOnCreate",
-            actions=["elasticloadbalancing:AddTags"],
-            resources=tg_and_lb,
-            conditions=(
-                Condition(
-                    test="StringEquals",
-                    variable="elasticloadbalancing:CreateAction",
-                    values=["CreateTargetGroup", "CreateLoadBalancer"],
-                ),
-                _tag_present("Request"),
-            ),
-        ),
-        Statement(
-            sid="RegisterTargets",
-            actions=["elasticloadbalancing:RegisterTargets", "elasticloadbalancing:DeregisterTargets"],
-            resources=[f"{elb}:targetgroup/*/*"],
-        ),
-        Statement(
-            sid="ModifyListenersAndRules",
-            actions=[
-                "elasticloadbalancing:ModifyListener",
+                "elasticloadbalancing:RegisterTargets", "elasticloadbalancing:DeregisterTargets",
+                "elasticloadbalancing:CreateListener", "elasticloadbalancing:DeleteListener",
+                "elasticloadbalancing:ModifyListener", "elasticloadbalancing:ModifyListenerAttributes",
                 "elasticloadbalancing:AddListenerCertificates", "elasticloadbalancing:RemoveListenerCertificates",
-                "elasticloadbalancing:ModifyRule", "elasticloadbalancing:SetRulePriorities",
+                "elasticloadbalancing:CreateRule", "elasticloadbalancing:DeleteRule", "elasticloadbalancing:ModifyRule",
+                "elasticloadbalancing:ModifyCapacityReservation", "elasticloadbalancing:ModifyIpPools",
             ],
-            resources=[*load_balancers, *listeners, *rules],
+            resources=elb_resources,
+            conditions=(_own("Resource", cluster_name),),
         ),
+        # SetRulePriorities takes no condition keys (Service Authorization Reference, ELBv2):
+        # scoped to rules of this region and account.
+        Statement(sid="RulePriorities", actions=["elasticloadbalancing:SetRulePriorities"], resources=rules),
     ]
 
 
 class LoadBalancerControllerIam(Construct):
-    def __init__(self, scope: Construct, id_: str, *, project: str, cluster_name: str, partition: str) -> None:
+    def __init__(
+        self,
+        scope: Construct,
+        id_: str,
+        *,
+        project: str,
+        cluster_name: str,
+        cluster_arn: str,
+        cluster_tag_value: str,
+        vpc_id: str,
+        partition: str,
+        region: str,
+        account_id: str,
+    ) -> None:
+        """`cluster_name`, `cluster_arn`: references to the cluster (the association waits for
+        it); `cluster_tag_value`: the literal cluster name the controller tags its resources
+        with (the controller's clusterName)."""
         super().__init__(scope, id_)
-        document = policy_document(self, "document", *controller_statements(partition))
-        trust = assume_role_policy(self, "trust", service="pods.eks.amazonaws.com", pod_identity=True)
+        document = policy_document(
+            self,
+            "document",
+            *controller_statements(
+                partition=partition, region=region, account_id=account_id, cluster_name=cluster_tag_value, vpc_id=vpc_id
+            ),
+        )
+        trust = pod_identity_trust(
+            self,
+            "trust",
+            account_id=account_id,
+            cluster_arn=cluster_arn,
+            namespace=LBC_NAMESPACE,
+            service_account=LBC_SERVICE_ACCOUNT,
+        )
         role = IamRole(self, "role", name=f"{project}-aws-load-balancer-controller", assume_role_policy=trust.json)
         policy = IamPolicy(self, "policy", name=f"{project}-aws-load-balancer-controller", policy=document.json)
         IamRolePolicyAttachment(self, "attach", role=role.name, policy_arn=policy.arn)
@@ -220,7 +248,7 @@ class LoadBalancerControllerIam(Construct):
             service_account=LBC_SERVICE_ACCOUNT,
             role_arn=role.arn,
         )
-        self.load_balancer_controller_role_arn = role.arn
+        self.role_arn = role.arn
 
 
 def controller_values(*, cluster_name: str, region: str, vpc_id: str, tags: Mapping[str, str]) -> dict[str, Any]:

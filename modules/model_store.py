@@ -1,5 +1,7 @@
-"""The S3 side of models, inputs and outputs: buckets, their KMS key, and the IAM that
-GPU nodes (model cache) and the Mountpoint S3 CSI driver (inputs/outputs) get."""
+"""The S3 side of models, inputs and outputs, in named parts: the data key and buckets
+(DataBuckets), the read-only policy GPU nodes get for the model cache (ModelsReadPolicy), and
+the identity of the Mountpoint S3 CSI driver that mounts inputs and outputs
+(S3CsiDriverIdentity)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from cdktf_cdktf_provider_aws.iam_policy import IamPolicy
 from cdktf_cdktf_provider_aws.iam_role import IamRole
 from cdktf_cdktf_provider_aws.iam_role_policy_attachment import IamRolePolicyAttachment
 
-from modules.iam import Condition, Statement, assume_role_policy, policy_document
+from modules.iam import Condition, Statement, pod_identity_trust, policy_document
 from modules.kms import EncryptionKey
 from modules.storage import AccessLogBucket, SecureBucket
 
@@ -19,15 +21,25 @@ CSI_NAMESPACE = "kube-system"
 CSI_NODE_SERVICE_ACCOUNT = "s3-csi-driver-sa"
 
 
-class ModelStore(Construct):
+def kms_via_s3(region: str) -> Condition:
+    """Use of a key only through S3 in this region (never a direct KMS call)."""
+    return Condition(test="StringEquals", variable="kms:ViaService", values=[f"s3.{region}.amazonaws.com"])
+
+
+class DataBuckets(Construct):
+    """The data key and the models, inputs and outputs buckets (plus their access-log bucket).
+
+    Models and inputs are versioned (a bad upload or an accidental delete can be rolled back);
+    outputs expire after a configurable time (generations pile up fast and are re-creatable).
+    With `prevent_destroy` Terraform refuses any plan that would destroy the key or a data
+    bucket (README, "Tear down")."""
+
     def __init__(
         self,
         scope: Construct,
         id_: str,
         *,
         project: str,
-        # A reference to the cluster (module output), so the association waits for it.
-        cluster_name: str,
         account_id: str,
         region: str,
         partition: str,
@@ -36,6 +48,8 @@ class ModelStore(Construct):
         outputs_bucket: str,
         access_logs_bucket: str,
         outputs_expiration_days: int,
+        jobs_retention_days: int,
+        prevent_destroy: bool,
     ) -> None:
         super().__init__(scope, id_)
         self.key = EncryptionKey(
@@ -47,79 +61,108 @@ class ModelStore(Construct):
             partition=partition,
             logs_regions=[region],
             s3_notifications=True,
+            prevent_destroy=prevent_destroy,
         )
         logs = AccessLogBucket(
-            self, "access_logs", bucket_name=access_logs_bucket, account_id=account_id, partition=partition
+            self, "access_logs", bucket_name=access_logs_bucket, account_id=account_id, partition=partition, region=region
         )
-        # Models: versioned, so a bad upload or an accidental delete can be rolled back.
-        self.models = SecureBucket(
-            self, "models", bucket_name=models_bucket, kms_key_arn=self.key.key_arn, versioned=True, log_bucket=logs.bucket_id
-        )
+        common = {"key": self.key, "region": region, "log_bucket": logs.bucket_id, "prevent_destroy": prevent_destroy}
+        self.models = SecureBucket(self, "models", bucket_name=models_bucket, versioned=True, **common)
+        # The job API's copies of job inputs and large workflows (jobs/<id>/...) outlive their
+        # job records by a day, then go.
         self.inputs = SecureBucket(
-            self, "inputs", bucket_name=inputs_bucket, kms_key_arn=self.key.key_arn, versioned=True, log_bucket=logs.bucket_id
+            self,
+            "inputs",
+            bucket_name=inputs_bucket,
+            versioned=True,
+            prefix_expiration_days={"jobs/": jobs_retention_days + 1},
+            **common,
         )
-        # Outputs expire after a configurable time: generations pile up fast and are re-creatable.
         self.outputs = SecureBucket(
             self,
             "outputs",
             bucket_name=outputs_bucket,
-            kms_key_arn=self.key.key_arn,
             versioned=True,
-            log_bucket=logs.bucket_id,
             expiration_days=outputs_expiration_days,
             noncurrent_expiration_days=7,
+            **common,
         )
-        kms_via_s3 = Condition(test="StringEquals", variable="kms:ViaService", values=[f"s3.{region}.amazonaws.com"])
+        self.key_arn = self.key.key_arn
 
-        # GPU nodes read the models bucket (and nothing else) to fill their local cache.
-        models_read = policy_document(
+
+class ModelsReadPolicy(Construct):
+    """GPU nodes read the models bucket (and nothing else) to fill their local cache."""
+
+    def __init__(self, scope: Construct, id_: str, *, project: str, region: str, buckets: DataBuckets) -> None:
+        super().__init__(scope, id_)
+        document = policy_document(
             self,
-            "models_read_document",
-            Statement(sid="ListModels", actions=["s3:ListBucket"], resources=[self.models.bucket_arn]),
-            Statement(sid="ReadModels", actions=["s3:GetObject"], resources=[f"{self.models.bucket_arn}/*"]),
-            Statement(sid="DecryptModels", actions=["kms:Decrypt"], resources=[self.key.key_arn], conditions=(kms_via_s3,)),
+            "document",
+            Statement(sid="ListModels", actions=["s3:ListBucket"], resources=[buckets.models.bucket_arn]),
+            Statement(sid="ReadModels", actions=["s3:GetObject"], resources=[f"{buckets.models.bucket_arn}/*"]),
+            Statement(sid="DecryptModels", actions=["kms:Decrypt"], resources=[buckets.key_arn], conditions=(kms_via_s3(region),)),
         )
-        self.models_read_policy = IamPolicy(
+        self.policy = IamPolicy(
             self,
-            "models_read",
+            "policy",
             name=f"{project}-models-read",
             description="Read-only access to the ComfyUI models bucket (GPU node model cache)",
-            policy=models_read.json,
+            policy=document.json,
         )
+        self.arn = self.policy.arn
 
-        # The CSI driver mounts inputs (read/write: uploads) and outputs (write new files).
-        csi_document = policy_document(
+
+class S3CsiDriverIdentity(Construct):
+    """The CSI driver mounts inputs (read/write: uploads) and outputs (write new files)."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        id_: str,
+        *,
+        project: str,
+        region: str,
+        account_id: str,
+        cluster_name: str,
+        cluster_arn: str,
+        buckets: DataBuckets,
+    ) -> None:
+        super().__init__(scope, id_)
+        document = policy_document(
             self,
-            "csi_document",
-            Statement(sid="ListBuckets", actions=["s3:ListBucket"], resources=[self.inputs.bucket_arn, self.outputs.bucket_arn]),
+            "document",
+            Statement(
+                sid="ListBuckets", actions=["s3:ListBucket"], resources=[buckets.inputs.bucket_arn, buckets.outputs.bucket_arn]
+            ),
             Statement(
                 sid="ReadWriteObjects",
                 actions=["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload", "s3:DeleteObject"],
-                resources=[f"{self.inputs.bucket_arn}/*", f"{self.outputs.bucket_arn}/*"],
+                resources=[f"{buckets.inputs.bucket_arn}/*", f"{buckets.outputs.bucket_arn}/*"],
             ),
             Statement(
                 sid="UseDataKey",
                 actions=["kms:Decrypt", "kms:GenerateDataKey"],
-                resources=[self.key.key_arn],
-                conditions=(kms_via_s3,),
+                resources=[buckets.key_arn],
+                conditions=(kms_via_s3(region),),
             ),
         )
-        trust = assume_role_policy(self, "csi_trust", service="pods.eks.amazonaws.com", pod_identity=True)
-        self.csi_role = IamRole(
-            self, "csi_role", name=f"{project}-s3-csi-driver", assume_role_policy=trust.json
+        trust = pod_identity_trust(
+            self,
+            "trust",
+            account_id=account_id,
+            cluster_arn=cluster_arn,
+            namespace=CSI_NAMESPACE,
+            service_account=CSI_NODE_SERVICE_ACCOUNT,
         )
-        csi_policy = IamPolicy(self, "csi_policy", name=f"{project}-s3-csi-driver", policy=csi_document.json)
-        IamRolePolicyAttachment(self, "csi_attach", role=self.csi_role.name, policy_arn=csi_policy.arn)
+        self.role = IamRole(self, "role", name=f"{project}-s3-csi-driver", assume_role_policy=trust.json)
+        policy = IamPolicy(self, "policy", name=f"{project}-s3-csi-driver", policy=document.json)
+        IamRolePolicyAttachment(self, "attach", role=self.role.name, policy_arn=policy.arn)
         EksPodIdentityAssociation(
             self,
-            "csi_pod_identity",
+            "pod_identity",
+            # A reference to the cluster (module output), so the association waits for it.
             cluster_name=cluster_name,
             namespace=CSI_NAMESPACE,
             service_account=CSI_NODE_SERVICE_ACCOUNT,
-            role_arn=self.csi_role.arn,
+            role_arn=self.role.arn,
         )
-        self.models_bucket_arn = self.models.bucket_arn
-        self.models_bucket_name = models_bucket
-        self.inputs_bucket_name = inputs_bucket
-        self.outputs_bucket_name = outputs_bucket
-        self.data_key_arn = self.key.key_arn

@@ -17,6 +17,7 @@ from typing import Sequence
 from cdktf import AssetType, TerraformAsset
 from constructs import Construct
 from cdktf_cdktf_provider_aws.cloudwatch_log_group import CloudwatchLogGroup
+from cdktf_cdktf_provider_aws.cloudwatch_metric_alarm import CloudwatchMetricAlarm
 from cdktf_cdktf_provider_aws.iam_role import IamRole
 from cdktf_cdktf_provider_aws.iam_role_policy import IamRolePolicy
 from cdktf_cdktf_provider_aws.lambda_event_source_mapping import (
@@ -71,29 +72,25 @@ def ssm_document_content() -> str:
     )
 
 
-class ModelSync(Construct):
+class ModelEventQueue(Construct):
+    """S3 model events -> an encrypted SQS queue (and its dead-letter queue) that only this
+    account's models bucket may send to; notifications only for the model folders."""
+
     def __init__(
         self,
         scope: Construct,
         id_: str,
         *,
-        project: str,
-        cluster_name: str,
+        name: str,
         account_id: str,
-        region: str,
-        partition: str,
         models_bucket_id: str,
         models_bucket_arn: str,
         kms_key_arn: str,
         model_prefixes: Sequence[str],
-        batching_window_seconds: int,
+        visibility_timeout_seconds: int,
     ) -> None:
         super().__init__(scope, id_)
-        name = f"{project}-model-sync"
-        document = SsmDocument(
-            self, "document", name=name, document_type="Command", document_format="JSON", content=ssm_document_content()
-        )
-        dlq = SqsQueue(
+        self.dlq = SqsQueue(
             self,
             "dlq",
             name=f"{name}-dlq",
@@ -101,24 +98,23 @@ class ModelSync(Construct):
             kms_data_key_reuse_period_seconds=3600,
             message_retention_seconds=14 * 24 * 3600,
         )
-        queue = SqsQueue(
+        self.queue = SqsQueue(
             self,
             "queue",
             name=name,
             kms_master_key_id=kms_key_arn,
             kms_data_key_reuse_period_seconds=3600,
-            # AWS guidance: at least 6x the function timeout, so in-flight batches are not redelivered.
-            visibility_timeout_seconds=6 * LAMBDA_TIMEOUT_SECONDS,
+            visibility_timeout_seconds=visibility_timeout_seconds,
             message_retention_seconds=4 * 24 * 3600,
-            redrive_policy=json.dumps({"deadLetterTargetArn": dlq.arn, "maxReceiveCount": MAX_RECEIVE_COUNT}),
+            redrive_policy=json.dumps({"deadLetterTargetArn": self.dlq.arn, "maxReceiveCount": MAX_RECEIVE_COUNT}),
         )
-        queue_policy = policy_document(
+        document = policy_document(
             self,
-            "queue_policy_document",
+            "policy_document",
             Statement(
                 sid="S3ModelEvents",
                 actions=["sqs:SendMessage"],
-                resources=[queue.arn],
+                resources=[self.queue.arn],
                 principals=(Principal(type="Service", identifiers=["s3.amazonaws.com"]),),
                 conditions=(
                     Condition(test="ArnEquals", variable="aws:SourceArn", values=[models_bucket_arn]),
@@ -129,12 +125,12 @@ class ModelSync(Construct):
                 sid="DenyInsecureTransport",
                 effect="Deny",
                 actions=["sqs:*"],
-                resources=[queue.arn],
+                resources=[self.queue.arn],
                 principals=(Principal(type="*", identifiers=["*"]),),
                 conditions=(Condition(test="Bool", variable="aws:SecureTransport", values=["false"]),),
             ),
         )
-        policy = SqsQueuePolicy(self, "queue_policy", queue_url=queue.url, policy=queue_policy.json)
+        policy = SqsQueuePolicy(self, "policy", queue_url=self.queue.url, policy=document.json)
         # Only model folders notify (non-overlapping prefixes may share one queue); the
         # Lambda filters again, so a notification configured by hand cannot widen it.
         S3BucketNotification(
@@ -145,7 +141,7 @@ class ModelSync(Construct):
             queue=[
                 S3BucketNotificationQueue(
                     id=f"models-{prefix.rstrip('/')}" if prefix else "models-all",
-                    queue_arn=queue.arn,
+                    queue_arn=self.queue.arn,
                     events=["s3:ObjectCreated:*", "s3:ObjectRemoved:*"],
                     filter_prefix=prefix or None,
                 )
@@ -154,12 +150,35 @@ class ModelSync(Construct):
             depends_on=[policy],
         )
 
+
+class SyncFunction(Construct):
+    """The Lambda that turns a batch of model events into one SSM command, its log group, its
+    least-privilege role and the event source mapping that batches the queue."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        id_: str,
+        *,
+        name: str,
+        cluster_name: str,
+        account_id: str,
+        region: str,
+        partition: str,
+        models_bucket: str,
+        kms_key_arn: str,
+        model_prefixes: Sequence[str],
+        batching_window_seconds: int,
+        queue: SqsQueue,
+        document: SsmDocument,
+    ) -> None:
+        super().__init__(scope, id_)
         log_group = CloudwatchLogGroup(
             self, "logs", name=f"/aws/lambda/{name}", retention_in_days=365, kms_key_id=kms_key_arn
         )
         permissions = policy_document(
             self,
-            "function_policy_document",
+            "policy_document",
             Statement(sid="WriteLogs", actions=["logs:CreateLogStream", "logs:PutLogEvents"], resources=[f"{log_group.arn}:*"]),
             Statement(
                 sid="ConsumeQueue",
@@ -223,6 +242,7 @@ class ModelSync(Construct):
             environment=LambdaFunctionEnvironment(
                 variables={
                     names.ENV_CLUSTER_NAME: cluster_name,
+                    names.ENV_MODELS_BUCKET: models_bucket,
                     names.ENV_SSM_DOCUMENT: name,
                     names.ENV_MODEL_PREFIXES: ",".join(model_prefixes),
                     names.ENV_NODE_CLUSTER_TAG_KEY: names.NODE_CLUSTER_TAG_KEY,
@@ -243,7 +263,86 @@ class ModelSync(Construct):
             maximum_batching_window_in_seconds=batching_window_seconds,
             scaling_config=LambdaEventSourceMappingScalingConfig(maximum_concurrency=2),
         )
-        self.model_sync_queue_arn = queue.arn
-        self.model_sync_dlq_arn = dlq.arn
-        self.model_sync_function_name = name
-        self.model_sync_document_name = document.name
+        self.function_name = name
+
+
+class ModelSync(Construct):
+    """S3 model events -> queue -> function -> one SSM command per batch to the GPU nodes
+    (see the module docstring), and an alarm on the dead-letter queue."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        id_: str,
+        *,
+        project: str,
+        cluster_name: str,
+        account_id: str,
+        region: str,
+        partition: str,
+        models_bucket: str,
+        models_bucket_id: str,
+        models_bucket_arn: str,
+        kms_key_arn: str,
+        model_prefixes: Sequence[str],
+        batching_window_seconds: int,
+        alarm_actions: Sequence[str],
+    ) -> None:
+        super().__init__(scope, id_)
+        name = f"{project}-model-sync"
+        self.document = SsmDocument(
+            self, "document", name=name, document_type="Command", document_format="JSON", content=ssm_document_content()
+        )
+        events = ModelEventQueue(
+            self,
+            "events",
+            name=name,
+            account_id=account_id,
+            models_bucket_id=models_bucket_id,
+            models_bucket_arn=models_bucket_arn,
+            kms_key_arn=kms_key_arn,
+            model_prefixes=model_prefixes,
+            # AWS guidance: at least 6x the function timeout, so in-flight batches are not redelivered.
+            visibility_timeout_seconds=6 * LAMBDA_TIMEOUT_SECONDS,
+        )
+        SyncFunction(
+            self,
+            "function",
+            name=name,
+            cluster_name=cluster_name,
+            account_id=account_id,
+            region=region,
+            partition=partition,
+            models_bucket=models_bucket,
+            kms_key_arn=kms_key_arn,
+            model_prefixes=model_prefixes,
+            batching_window_seconds=batching_window_seconds,
+            queue=events.queue,
+            document=self.document,
+        )
+        # A batch that failed MAX_RECEIVE_COUNT times: nodes were not asked to converge (they
+        # still do within the reconcile interval), and the cause needs a look.
+        CloudwatchMetricAlarm(
+            self,
+            "dlq_alarm",
+            alarm_name=f"{name}-dead-letters",
+            alarm_description=(
+                f"Model-sync events failed {MAX_RECEIVE_COUNT} times and reached the dead-letter queue "
+                f"{name}-dlq: see the Lambda's log group /aws/lambda/{name}"
+            ),
+            namespace="AWS/SQS",
+            metric_name="ApproximateNumberOfMessagesVisible",
+            dimensions={"QueueName": events.dlq.name},
+            statistic="Maximum",
+            period=300,
+            evaluation_periods=1,
+            threshold=0,
+            comparison_operator="GreaterThanThreshold",
+            treat_missing_data="notBreaching",
+            alarm_actions=list(alarm_actions),
+            ok_actions=list(alarm_actions),
+        )
+        self.queue_arn = events.queue.arn
+        self.dlq_arn = events.dlq.arn
+        self.function_name = name
+        self.document_name = self.document.name

@@ -1,8 +1,11 @@
-"""VPC: public and private subnets across AZs, NAT, an S3 gateway endpoint, discovery tags."""
+"""VPC: private subnets for nodes and pods, small subnets of their own for internal load
+balancers, public subnets for NAT and internet-facing load balancers, an S3 gateway endpoint,
+discovery tags."""
 
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass
 
 from cdktf import Fn, TerraformHclModule, Token
 from constructs import Construct
@@ -10,6 +13,8 @@ from cdktf_cdktf_provider_aws.data_aws_availability_zones import (
     DataAwsAvailabilityZones,
     DataAwsAvailabilityZonesFilter,
 )
+from cdktf_cdktf_provider_aws.route_table_association import RouteTableAssociation
+from cdktf_cdktf_provider_aws.subnet import Subnet
 from cdktf_cdktf_provider_aws.vpc_endpoint import VpcEndpoint
 
 VPC_MODULE_SOURCE = "terraform-aws-modules/vpc/aws"
@@ -19,18 +24,39 @@ VPC_MODULE_SOURCE = "terraform-aws-modules/vpc/aws"
 VPC_MODULE_VERSION = "6.5.1"
 
 
-def subnet_plan(vpc_cidr: str, az_count: int) -> tuple[list[str], list[str]]:
-    """Split the VPC: large private subnets (pods get VPC IPs with the VPC CNI) and small
-    public ones (only NAT gateways and load balancers live there).
+# The load balancer controller places internal ALBs in subnets tagged with the first key and
+# internet-facing ones in subnets tagged with the second (subnet auto-discovery).
+INTERNAL_ELB_TAG = "kubernetes.io/role/internal-elb"
+PUBLIC_ELB_TAG = "kubernetes.io/role/elb"
 
-    Private: the first `az_count` of the eight /(n+3) blocks. Public: the last /(n+3) block,
-    split again into eight /(n+6) blocks.
+
+@dataclass(frozen=True)
+class SubnetPlan:
+    """The VPC's address plan, one list per subnet role, one entry per AZ.
+
+    - private: large (pods get VPC IPs with the VPC CNI): GPU and system nodes and pods;
+    - internal_alb: small, nothing but internal ALBs, so a NetworkPolicy can admit exactly
+      the load balancers and no pod or node;
+    - public: small: NAT gateways and internet-facing ALBs.
     """
+
+    private: list[str]
+    internal_alb: list[str]
+    public: list[str]
+
+
+def subnet_plan(vpc_cidr: str, az_count: int) -> SubnetPlan:
+    """Split the VPC into eight /(n+3) blocks: private subnets are the first `az_count`; the
+    last two blocks are split again into eight /(n+6) blocks each, for internal ALBs (the
+    second to last) and public subnets (the last). A /20 VPC still leaves /26 ALB subnets
+    (an ALB needs a /27 with at least 8 free addresses)."""
     net = ipaddress.IPv4Network(vpc_cidr)
     blocks = list(net.subnets(prefixlen_diff=3))
-    private = [str(b) for b in blocks[:az_count]]
-    public = [str(b) for b in list(blocks[-1].subnets(prefixlen_diff=3))[:az_count]]
-    return private, public
+    return SubnetPlan(
+        private=[str(b) for b in blocks[:az_count]],
+        internal_alb=[str(b) for b in list(blocks[-2].subnets(prefixlen_diff=3))[:az_count]],
+        public=[str(b) for b in list(blocks[-1].subnets(prefixlen_diff=3))[:az_count]],
+    )
 
 
 class Network(Construct):
@@ -58,7 +84,8 @@ class Network(Construct):
                 DataAwsAvailabilityZonesFilter(name="opt-in-status", values=["opt-in-not-required"]),
             ],
         )
-        private, public = subnet_plan(vpc_cidr, az_count)
+        plan = subnet_plan(vpc_cidr, az_count)
+        azs = Fn.slice(zones.names, 0, az_count)
         self.vpc = TerraformHclModule(
             self,
             "vpc",
@@ -67,9 +94,9 @@ class Network(Construct):
             variables={
                 "name": name,
                 "cidr": vpc_cidr,
-                "azs": Fn.slice(zones.names, 0, az_count),
-                "private_subnets": private,
-                "public_subnets": public,
+                "azs": azs,
+                "private_subnets": plan.private,
+                "public_subnets": plan.public,
                 "enable_nat_gateway": True,
                 "single_nat_gateway": nat_mode == "single",
                 "one_nat_gateway_per_az": nat_mode == "per_az",
@@ -85,9 +112,9 @@ class Network(Construct):
                 "create_flow_log_cloudwatch_iam_role": True,
                 "flow_log_cloudwatch_log_group_retention_in_days": 90,
                 "flow_log_max_aggregation_interval": 60,
-                "public_subnet_tags": {"kubernetes.io/role/elb": "1"},
+                "public_subnet_tags": {PUBLIC_ELB_TAG: "1"},
+                # No internal-elb tag here: internal ALBs get subnets of their own (below).
                 "private_subnet_tags": {
-                    "kubernetes.io/role/internal-elb": "1",
                     # Karpenter's EC2NodeClass selects GPU node subnets by this tag.
                     "karpenter.sh/discovery": cluster_name,
                 },
@@ -96,8 +123,30 @@ class Network(Construct):
         self.vpc_id = self.vpc.get_string("vpc_id")
         self.private_subnet_ids = self.vpc.get_list("private_subnets")
         self.public_subnet_ids = self.vpc.get_list("public_subnets")
-        self.private_subnet_cidrs = private
-        self.public_subnet_cidrs = public
+        self.plan = plan
+        private_route_tables = self.vpc.get_list("private_route_table_ids")
+        self.internal_alb_subnets = []
+        for index, cidr in enumerate(plan.internal_alb):
+            subnet = Subnet(
+                self,
+                f"internal_alb_{index}",
+                vpc_id=self.vpc_id,
+                cidr_block=cidr,
+                availability_zone=Fn.element(azs, index),
+                map_public_ip_on_launch=False,
+                tags={"Name": f"{name}-internal-alb-{index}", INTERNAL_ELB_TAG: "1"},
+            )
+            # The private route tables (NAT): an internal ALB with Cognito login must reach the
+            # IdP's token endpoint (ALB authentication docs). One table per AZ with per_az NAT,
+            # a single one otherwise (element() wraps around).
+            RouteTableAssociation(
+                self,
+                f"internal_alb_{index}_routes",
+                subnet_id=subnet.id,
+                route_table_id=Fn.element(private_route_tables, index),
+            )
+            self.internal_alb_subnets.append(subnet)
+        self.internal_alb_subnet_ids = [subnet.id for subnet in self.internal_alb_subnets]
         # Model downloads from S3 stay on the AWS network and skip NAT data-processing charges.
         VpcEndpoint(
             self,

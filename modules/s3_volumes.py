@@ -12,6 +12,7 @@ from cdktf_cdktf_provider_kubernetes.manifest import Manifest, ManifestTimeouts
 
 from core import names
 from modules.helm import chart_values, to_yaml
+from modules.literal import escape_literals
 from modules.model_store import CSI_NAMESPACE, CSI_NODE_SERVICE_ACCOUNT
 
 CSI_CHART_REPOSITORY = "https://awslabs.github.io/mountpoint-s3-csi-driver"
@@ -129,12 +130,12 @@ class S3Volumes(Construct):
             values=[to_yaml(csi_values())],
             wait=True,
         )
-        self.namespace = Manifest(self, "namespace", manifest=namespace_manifest(), timeouts=timeouts)
+        self.namespace = Manifest(self, "namespace", manifest=escape_literals(namespace_manifest()), timeouts=timeouts)
         self.volumes = [
             Manifest(
                 self,
                 f"{m['kind'].lower()}_{m['metadata']['name']}",
-                manifest=m,
+                manifest=escape_literals(m),
                 depends_on=[self.namespace, self.driver],
                 timeouts=timeouts,
             )

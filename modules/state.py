@@ -29,7 +29,11 @@ class TerraformState(Construct):
         project: str,
         account_id: str,
         partition: str,
+        region: str,
+        prevent_destroy: bool,
     ) -> None:
+        """`prevent_destroy`: Terraform refuses any plan that would destroy the state bucket or
+        its key (losing them loses every other stack's state)."""
         super().__init__(scope, id_)
         key = EncryptionKey(
             self,
@@ -38,20 +42,22 @@ class TerraformState(Construct):
             description=f"{project}: Terraform state encryption",
             account_id=account_id,
             partition=partition,
+            prevent_destroy=prevent_destroy,
         )
         logs = AccessLogBucket(
-            self, "access_logs", bucket_name=log_bucket_name, account_id=account_id, partition=partition
+            self, "access_logs", bucket_name=log_bucket_name, account_id=account_id, partition=partition, region=region
         )
         state = SecureBucket(
             self,
             "bucket",
             bucket_name=bucket_name,
-            kms_key_arn=key.key_arn,
+            key=key,
+            region=region,
             versioned=True,
             log_bucket=logs.bucket_id,
             noncurrent_expiration_days=365,
+            prevent_destroy=prevent_destroy,
         )
-        self.state_bucket_name = bucket_name
-        self.state_bucket_arn = state.bucket_arn
-        self.state_kms_key_arn = key.key_arn
-        self.state_log_bucket_name = log_bucket_name
+        self.bucket_name = bucket_name
+        self.bucket_arn = state.bucket_arn
+        self.kms_key_arn = key.key_arn

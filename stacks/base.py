@@ -35,7 +35,7 @@ class ProjectStack(TerraformStack):
             S3Backend(
                 self,
                 bucket=config.state_bucket,
-                key=f"{config.stack_name(self.cycle)}/terraform.tfstate",
+                key=config.state_key(self.cycle),
                 region=config.region,
                 encrypt=True,
                 kms_key_id=f"arn:{config.partition}:kms:{config.region}:{config.account_id}:alias/{state_key_alias(config.project)}",

@@ -37,3 +37,4 @@ class EdgeStack(ProjectStack):
             rate_limit_per_5_min=config.edge.rate_limit_per_5_min,
         )
         TerraformOutput(self, "distribution_domain_name", value=edge.distribution_domain_name)
+        TerraformOutput(self, "comfyui_url", value=f"https://{config.auth.domain}")

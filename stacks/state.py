@@ -19,14 +19,16 @@ class StateStack(ProjectStack):
         # of the synthesized JSON's machine-specific parts and survives re-synthesis (which
         # rewrites cdktf.out/). Keep this file safe, or migrate it into the bucket afterwards.
         LocalBackend(self, path=f"../../../{config.stack_name(self.cycle)}.tfstate")
-        state = TerraformState(
+        self.state = TerraformState(
             self,
             "state",
             bucket_name=config.state_bucket,
-            log_bucket_name=f"{config.project}-tfstate-logs-{config.account_id}-{config.region}",
+            log_bucket_name=config.state_log_bucket,
             project=config.project,
             account_id=config.account_id,
             partition=config.partition,
+            region=config.region,
+            prevent_destroy=config.data_protection.prevent_destroy,
         )
-        TerraformOutput(self, "state_bucket_name", value=state.state_bucket_name)
-        TerraformOutput(self, "state_kms_key_arn", value=state.state_kms_key_arn)
+        TerraformOutput(self, "state_bucket_name", value=self.state.bucket_name)
+        TerraformOutput(self, "state_kms_key_arn", value=self.state.kms_key_arn)

@@ -104,17 +104,29 @@ VARIANTS: dict[str, dict] = {
             "certificate_arn": "arn:aws:acm:us-east-1:111122223333:certificate/0123abcd-0000-4000-8000-000000000001",
             "rate_limit_per_5_min": 5000,
         },
-        "network": {"nat_mode": "per_az", "az_count": 2},
+        "network": {
+            "nat_mode": "per_az",
+            "az_count": 2,
+            "api_public_cidrs": ["203.0.113.0/24", "198.51.100.16/28"],
+            "api_private_cidrs": ["10.99.0.0/16"],
+        },
+        "alarms": {"sns_topic_arn": "arn:aws:sns:us-west-2:111122223333:comfyui-alarms"},
         "cluster_access": {
             "viewer_role_arns": ["arn:aws:iam::111122223333:role/github-plan"],
             "admin_role_arns": ["arn:aws:iam::111122223333:role/platform/deployer"],
         },
         "model_sync": {"prefixes": ["checkpoints/", "loras/"], "batching_window_seconds": 0},
         "gpu": {"instance_types": ["g6e.xlarge", "g4dn.xlarge"], "capacity_types": ["on-demand"], "max_gpus": 2},
+        "scaling": {
+            "max_replicas": 2,
+            "schedule": {"timezone": "Europe/Berlin", "days": ["mon", "wed", "fri"], "start": "07:30", "end": "19:00"},
+        },
     },
     "public-unauthenticated": {
         "auth": {"mode": "none", "acknowledge_public_unauthenticated": True},
-        "comfyui": {"replicas": 3},
+        "scaling": {"min_replicas": 1, "max_replicas": 3, "schedule": None},
+        "network": {"api_public_cidrs": ["0.0.0.0/0"], "acknowledge_public_api": True},
+        "data_protection": {"prevent_destroy": False},
     },
 }
 

@@ -63,6 +63,8 @@ ARN_BY_RESOURCE_TYPE = {
     "aws_eks_cluster": f"arn:aws:eks:{REGION}:{ACCOUNT}:cluster/placeholder",
     "aws_eks_node_group": f"arn:aws:eks:{REGION}:{ACCOUNT}:nodegroup/placeholder/placeholder/{UUID}",
     "aws_dynamodb_table": f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/placeholder",
+    # execution_arn of an HTTP API: what execute-api:Invoke resources are built from.
+    "aws_apigatewayv2_api": f"arn:aws:execute-api:{REGION}:{ACCOUNT}:a1b2c3d4e5",
     "aws_secretsmanager_secret": f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:placeholder-AbCdEf",
     "aws_efs_file_system": f"arn:aws:elasticfilesystem:{REGION}:{ACCOUNT}:file-system/fs-0123456789abcdef0",
     "aws_efs_access_point": f"arn:aws:elasticfilesystem:{REGION}:{ACCOUNT}:access-point/fsap-0123456789abcdef0",
@@ -83,6 +85,13 @@ ARN_BY_RESOURCE_TYPE = {
     "aws_vpc": f"arn:aws:ec2:{REGION}:{ACCOUNT}:vpc/vpc-0123456789abcdef0",
     "aws_vpc_endpoint": f"arn:aws:ec2:{REGION}:{ACCOUNT}:vpc-endpoint/vpce-0123456789abcdef0",
     "aws_caller_identity": f"arn:aws:iam::{ACCOUNT}:root",  # data.aws_caller_identity.x.arn
+}
+
+# (resource type, attribute) → ARN, where an attribute other than `arn` names another resource.
+ARN_BY_ATTRIBUTE = {
+    # Real stream labels are timestamps with colons (…/stream/2026-01-01T00:00:00.000), which
+    # parliament 1.6.4 splits as ARN fields; the placeholder keeps the shape without them.
+    ("aws_dynamodb_table", "stream_arn"): f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/placeholder/stream/2026-01-01T000000",
 }
 
 # Module output names (substring, first match wins) → ARN. For terraform-aws-modules outputs.
@@ -331,6 +340,8 @@ class Resolver:
         m = re.match(r"^(?:data\.)?(aws_[\w]+)\.[\w-]+", expr)
         if m and (attr == "arn" or attr.endswith("_arn")):
             rtype = m.group(1)
+            if (rtype, attr) in ARN_BY_ATTRIBUTE:
+                return ARN_BY_ATTRIBUTE[(rtype, attr)]
             if rtype in ARN_BY_RESOURCE_TYPE:
                 return ARN_BY_RESOURCE_TYPE[rtype]
             raise Unresolved(f"no placeholder ARN for resource type {rtype} (${{{expr}}}); add it to "

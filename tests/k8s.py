@@ -25,3 +25,14 @@ def resolve_tokens(obj, placeholder: str = "placeholder"):
     if isinstance(obj, str):
         return re.sub(r"(?<!\$)\$\{[^}]*\}", placeholder, obj)
     return obj
+
+
+def terraform_literal(obj):
+    """What Terraform makes of escaped literal text (`$${` -> `${`, `%%{` -> `%{`)."""
+    if isinstance(obj, dict):
+        return {k: terraform_literal(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [terraform_literal(v) for v in obj]
+    if isinstance(obj, str):
+        return obj.replace("$${", "${").replace("%%{", "%{")
+    return obj

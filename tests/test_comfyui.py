@@ -20,13 +20,17 @@ from core.config import parse_config
 from modules import comfyui
 from modules.load_balancer import LBC_NAMESPACE, LBC_SERVICE_ACCOUNT
 from stacks.ingress import api_ingress_settings, ingress_settings
-from tests.k8s import k8s_version, resolve_tokens, validate_strict
+from tests.helpers import REPO, tool
+from tests.k8s import k8s_version, resolve_tokens, terraform_literal, validate_strict
+
+POD_PROGRAMS = REPO / "modules" / "pod"
 
 
 def _manifests(synth) -> dict[str, dict]:
+    """The Kubernetes objects as the cluster receives them (Terraform's escapes undone)."""
     out = {}
     for res in synth.resources("workload", "kubernetes_manifest").values():
-        m = res["manifest"]
+        m = terraform_literal(res["manifest"])
         out[f"{m['kind']}/{m['metadata']['name']}"] = m
     return out
 
@@ -44,7 +48,7 @@ def test_every_kubernetes_object_is_strictly_valid(synth_variants):
         manifests = _manifests(synth)
         assert {"Namespace/comfyui", "Deployment/comfyui", "Service/comfyui", "Ingress/comfyui",
                 "PodDisruptionBudget/comfyui", "NetworkPolicy/comfyui", "ServiceAccount/comfyui",
-                "ConfigMap/comfyui-uploader", "PersistentVolumeClaim/inputs", "PersistentVolumeClaim/outputs"} <= set(manifests)
+                "ConfigMap/comfyui-programs", "PersistentVolumeClaim/inputs", "PersistentVolumeClaim/outputs"} <= set(manifests)
         for key, manifest in manifests.items():
             try:
                 validate_strict(resolve_tokens(manifest), k8s_version(synth.config))
@@ -104,14 +108,10 @@ def test_probes_and_graceful_shutdown(synth):
     assert startup_budget >= 600, "model loading needs a startup budget of at least 10 minutes"
     assert spec["terminationGracePeriodSeconds"] == comfyui.TERMINATION_GRACE_SECONDS
     assert "preStop" in main["lifecycle"]
-    assert template["metadata"]["annotations"]["karpenter.sh/do-not-disrupt"] == "true"
+    # Idle pods carry no do-not-disrupt: the job runner sets it only while work runs.
+    assert "karpenter.sh/do-not-disrupt" not in template["metadata"].get("annotations", {})
     uploader = next(c for c in spec["initContainers"] if c["name"] == "outputs-uploader")
     assert uploader["restartPolicy"] == "Always", "native sidecar: outlives ComfyUI and flushes outputs"
-
-
-def test_replicas_from_config(synth_variants):
-    for synth in synth_variants.values():
-        assert _deployment(synth)["spec"]["replicas"] == synth.config.comfyui.replicas
 
 
 def test_ingress_alb_settings(synth_variants):
@@ -200,8 +200,8 @@ def test_exposure_matrix(auth, edge, scheme):
     cidrs = [b["ipBlock"]["cidr"] for b in net["spec"]["ingress"][0]["from"]]
     from modules.network import subnet_plan
 
-    private, public = subnet_plan(config.network.vpc_cidr, config.network.az_count)
-    assert cidrs == (private if scheme == "internal" else public)
+    plan = subnet_plan(config.network.vpc_cidr, config.network.az_count)
+    assert cidrs == (plan.internal_alb if scheme == "internal" else plan.public)
     assert ("alb.ingress.kubernetes.io/auth-type" in ing["metadata"]["annotations"]) == (auth["mode"] == "cognito")
 
 
@@ -228,9 +228,51 @@ def test_ecr_repository(synth):
     assert repo["image_tag_mutability"] == synth.config.comfyui.ecr_image_tag_mutability
     assert repo["encryption_configuration"][0]["encryption_type"] == "KMS"
     policy = json.loads(next(iter(synth.resources("platform", "aws_ecr_lifecycle_policy").values()))["policy"])
-    assert policy["rules"][0]["selection"]["countNumber"] == synth.config.comfyui.ecr_keep_images
+    assert policy["rules"][-1]["selection"] == {
+        "tagStatus": "any",
+        "countType": "imageCountMoreThan",
+        "countNumber": synth.config.comfyui.ecr_keep_images,
+    }
+    assert policy["rules"][0]["selection"]["tagPatternList"] == [synth.config.comfyui.image_tag]
     image = _deployment(synth)["spec"]["template"]["spec"]["containers"][0]["image"]
-    assert image.endswith(f":{synth.config.comfyui.image_tag}") and image.startswith("${data.terraform_remote_state.")
+    assert f":{synth.config.comfyui.image_tag}@" in image and image.startswith("${data.terraform_remote_state.")
+
+
+def _ecr_expired(policy: dict, images: list[tuple[str, ...]]) -> set[int]:
+    """Which images (index = push order, oldest first; each a tuple of tags) a lifecycle policy
+    expires, per the ECR user guide's evaluation rules: every rule selects its images; an image
+    selected by a higher-priority rule is never expired by a lower-priority one; with
+    imageCountMoreThan, the images beyond the count, youngest first, are expired."""
+    import fnmatch
+
+    claimed: set[int] = set()
+    expired: set[int] = set()
+    for rule in sorted(policy["rules"], key=lambda r: r["rulePriority"]):
+        sel = rule["selection"]
+        if sel["tagStatus"] == "any":
+            matching = list(range(len(images)))
+        else:
+            matching = [
+                i
+                for i, tags in enumerate(images)
+                if tags and all(any(fnmatch.fnmatchcase(t, p) for t in tags) for p in sel["tagPatternList"])
+            ]
+        youngest_first = sorted(matching, reverse=True)
+        expired |= {i for i in youngest_first[sel["countNumber"] :] if i not in claimed}
+        claimed |= set(matching)
+    return expired
+
+
+def test_ecr_lifecycle_never_expires_the_deployed_image():
+    from modules.ecr import lifecycle_policy
+
+    images = [(f"v{i}",) for i in range(50)]  # v3 deployed, 46 newer images pushed since
+    policy = json.loads(lifecycle_policy(keep_images=20, deployed_tag="v3"))
+    expired = _ecr_expired(policy, images)
+    assert 3 not in expired
+    assert expired == set(range(30)) - {3}, "everything else beyond the last 20 still expires"
+    # The evaluator is not trivially kind: a keep-last-N rule alone expires the deployed image.
+    assert 3 in _ecr_expired({"rules": [policy["rules"][-1]]}, images)
 
 
 def test_edge_distribution(synth_variants):
@@ -264,16 +306,50 @@ def test_edge_distribution(synth_variants):
     assert logging["log_destination_configs"][0].startswith("${aws_cloudwatch_log_group.")
 
 
-# --- the code the pod runs ------------------------------------------------------------
+# --- the programs the pod runs (modules/pod/) ---------------------------------------------
+
+
+def test_programs_ship_verbatim_and_escaped_for_terraform(synth):
+    """The ConfigMap carries each program byte for byte as the cluster receives it, and the
+    synthesized JSON holds it Terraform-escaped (a raw `${VAR}` is an invalid reference)."""
+    configmap = _manifests(synth)["ConfigMap/comfyui-programs"]
+    assert set(configmap["data"]) == set(comfyui.POD_PROGRAMS)
+    for name, text in configmap["data"].items():
+        assert text == comfyui.POD_PROGRAM_FILES[name].read_text(), name
+    raw = synth.resources("workload", "kubernetes_manifest")["comfyui_configmap"]["manifest"]["data"]
+    assert "$${MARKER" in raw["wait-for-model-cache.sh"]
+    assert "${MARKER" not in raw["wait-for-model-cache.sh"].replace("$${", "")
+
+
+def test_every_container_runs_a_shipped_program(synth):
+    spec = _deployment(synth)["spec"]["template"]["spec"]
+    mounts = {
+        c["name"]: {m["mountPath"] for m in c["volumeMounts"]} for c in spec["containers"] + spec["initContainers"]
+    }
+    commands = [c["command"] for c in spec["initContainers"]] + [
+        spec["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
+    ]
+    for command in commands:
+        program = next(arg for arg in command if arg.startswith(comfyui.PROGRAMS_MOUNT))
+        assert program.rsplit("/", 1)[1] in comfyui.POD_PROGRAMS
+    assert all(comfyui.PROGRAMS_MOUNT in paths for paths in mounts.values()), mounts
+
+
+@pytest.mark.parametrize("script", sorted(POD_PROGRAMS.glob("*.sh")), ids=lambda p: p.name)
+def test_pod_shell_programs_are_shellcheck_clean(script):
+    # POSIX sh: the init container runs /bin/sh of the ComfyUI image.
+    result = subprocess.run(
+        [tool("shellcheck"), "--shell=sh", "--severity=style", str(script)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout
 
 
 def _start_uploader(tmp_path, *, quiet: str, retain: str):
-    script = tmp_path / "uploader.py"
-    script.write_text(comfyui.UPLOADER_SCRIPT)
     src, dst = tmp_path / "local", tmp_path / "s3"
     src.mkdir(exist_ok=True)
     dst.mkdir(exist_ok=True)
-    proc = subprocess.Popen([sys.executable, str(script), str(src), str(dst), quiet, retain, "comfyui-abc-123"],
+    proc = subprocess.Popen([sys.executable, str(POD_PROGRAMS / "outputs_uploader.py"), str(src), str(dst),
+                             "--prefix=comfyui-abc-123", f"--quiet={quiet}", f"--retain={retain}", "--interval=0.2"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return proc, src, dst / "comfyui-abc-123"
 
@@ -286,7 +362,7 @@ def _wait_for(path, content=None, seconds=20):
 
     deadline = time.monotonic() + seconds
     while not ready() and time.monotonic() < deadline:
-        time.sleep(0.2)
+        time.sleep(0.05)
     return ready()
 
 
@@ -342,7 +418,7 @@ def test_uploader_removes_local_copies_after_retention_only_once_uploaded(tmp_pa
         assert _wait_for(dst / "a.png", b"x")
         deadline = time.monotonic() + 20
         while out.exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
+            time.sleep(0.05)
         assert not out.exists()
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -365,6 +441,22 @@ class _Queue(http.server.BaseHTTPRequestHandler):
         pass
 
 
+def _prestop(port: int, budget: float) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [
+            sys.executable,
+            str(POD_PROGRAMS / "prestop_drain.py"),
+            f"--port={port}",
+            f"--budget={budget}",
+            "--interval=0.05",
+        ],
+        check=True,
+        timeout=30,
+        capture_output=True,
+        text=True,
+    )
+
+
 def test_prestop_waits_for_running_generation():
     busy = {"queue_running": [["1", "prompt"]], "queue_pending": []}
     idle = {"queue_running": [], "queue_pending": []}
@@ -372,31 +464,67 @@ def test_prestop_waits_for_running_generation():
     server = http.server.HTTPServer(("127.0.0.1", 0), _Queue)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        script = comfyui.PRESTOP_SCRIPT.format(budget=60, port=server.server_port).replace("time.sleep(5)", "time.sleep(0.2)")
         start = time.monotonic()
-        env = {**os.environ, "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}  # whatever proxy the runner sets
-        subprocess.run([sys.executable, "-c", script], check=True, timeout=30, env=env)
+        _prestop(server.server_port, 60)
         assert _Queue.states == [idle], "preStop returned before the queue drained"
         assert time.monotonic() - start < 10
+        # Still busy when the budget runs out: it gives up (SIGTERM follows) and says so.
+        _Queue.states = [busy]
+        assert "still busy" in _prestop(server.server_port, 0.3).stdout
     finally:
         server.shutdown()
 
 
+def test_prestop_returns_at_once_when_comfyui_is_gone():
+    with socket_free_port() as port:
+        start = time.monotonic()
+        _prestop(port, 60)
+        assert time.monotonic() - start < 10
+
+
+class socket_free_port:
+    """A loopback port nothing listens on (bound, then closed, while the test runs)."""
+
+    def __enter__(self) -> int:
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
 @pytest.mark.parametrize("marker_present", [True, False])
 def test_wait_for_model_cache_init_container(synth, tmp_path, marker_present):
-    """Run the init container's own command: it returns once the marker exists, and gives up
-    with a message naming the sync service when the deadline passes."""
+    """Run the init container's own command and environment (the program from the repo): it
+    returns once the marker exists, and gives up with a message naming the sync service when
+    the deadline passes."""
     wait = _deployment(synth)["spec"]["template"]["spec"]["initContainers"][0]
+    command = [
+        str(POD_PROGRAMS / a.rsplit("/", 1)[1]) if a.startswith(comfyui.PROGRAMS_MOUNT) else a for a in wait["command"]
+    ]
+    env = {e["name"]: e["value"] for e in wait["env"]}
+    assert int(env["TIMEOUT_SECONDS"]) > synth.config.gpu.model_cache_deadline_seconds, "the node gives up first"
     marker = tmp_path / "marker"
     if marker_present:
         marker.write_text("done")
-    env = {"PATH": "/usr/bin:/bin", "MARKER": str(marker), "TIMEOUT": "1"}
-    result = subprocess.run(wait["command"], env=env, capture_output=True, text=True, timeout=60)
+    env.update(PATH="/usr/bin:/bin", MARKER=str(marker), TIMEOUT_SECONDS="1", INTERVAL_SECONDS="1")
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
     if marker_present:
         assert result.returncode == 0
     else:
         assert result.returncode == 1
         assert names.SYNC_SERVICE_NAME in result.stderr
+
+
+def test_wait_for_model_cache_refuses_bad_timings(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "MARKER": str(tmp_path / "m"), "TIMEOUT_SECONDS": "1h"}
+    result = subprocess.run(
+        ["/bin/sh", str(POD_PROGRAMS / "wait-for-model-cache.sh")], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "whole seconds" in result.stderr
 
 
 def test_internal_alb_admits_configured_vpn_and_peering_ranges():
@@ -453,8 +581,8 @@ def test_internal_api_endpoint_beside_cognito(synth_variants):
 
 
 def test_network_policy_admits_the_subnets_of_both_albs():
-    """An internet-facing Cognito ALB lives in the public subnets, the API ALB in the private
-    ones: the NetworkPolicy admits both, and nothing else."""
+    """An internet-facing Cognito ALB lives in the public subnets, the API ALB in the internal
+    ALB subnets: the NetworkPolicy admits both, and nothing else."""
     base = yaml.safe_load(open(os.path.join(os.path.dirname(__file__), "..", "config", "default.yaml")))
     base["auth"] = {"mode": "cognito", "domain": "a.example.com", "internal_api_endpoint": True,
                     "certificate_arn": "arn:aws:acm:us-west-2:111122223333:certificate/abc-1"}
@@ -464,9 +592,11 @@ def test_network_policy_admits_the_subnets_of_both_albs():
     assert main.scheme == "internet-facing" and api is not None and api.scheme == "internal"
     from modules.network import subnet_plan
 
-    private, public = subnet_plan(config.network.vpc_cidr, config.network.az_count)
-    objects = comfyui.comfyui_manifests(image="repo:tag", replicas=1, settings=main, api_settings=api)
+    plan = subnet_plan(config.network.vpc_cidr, config.network.az_count)
+    objects = comfyui.comfyui_manifests(
+        image="repo:tag", model_cache_wait_seconds=60, runner=comfyui.JobRunnerSettings(table="t", queue_url="q", inputs_bucket="i", outputs_bucket="o", region="us-west-2", timeout_seconds=60), settings=main, api_settings=api
+    ).values()
     net = next(o for o in objects if o["kind"] == "NetworkPolicy")
-    assert [b["ipBlock"]["cidr"] for b in net["spec"]["ingress"][0]["from"]] == public + private
+    assert [b["ipBlock"]["cidr"] for b in net["spec"]["ingress"][0]["from"]] == plan.public + plan.internal_alb
     assert [o["metadata"]["name"] for o in objects if o["kind"] == "Ingress"] == ["comfyui", "comfyui-api"]
     assert api_ingress_settings(parse_config({**base, "auth": {**base["auth"], "internal_api_endpoint": False}})) is None

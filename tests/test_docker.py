@@ -6,6 +6,7 @@ against stub `docker`, `aws`, `git` and `python3` commands that log their argv.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -834,3 +835,12 @@ def test_entrypoint_reports_an_unwritable_output_dir(stubs, comfy_home, tmp_path
     assert result.returncode != 0
     assert "mount a writable volume" in result.stderr
     assert stubs.calls() == []
+
+
+def test_runner_libraries_match_the_lock_file():
+    """The job runner runs on the image's Python with the same library versions the tests use."""
+    lock = json.loads((REPO / "Pipfile.lock").read_text())["default"]
+    pins = dict(re.findall(r'"([a-z0-9-]+)==([0-9][^"]*)"', next(r for r in runs() if "boto3==" in r)))
+    assert set(pins) == {"boto3", "requests", "websocket-client"}
+    for package, version in pins.items():
+        assert lock[package]["version"] == f"=={version}", package

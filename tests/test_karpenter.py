@@ -45,6 +45,8 @@ def _class(config):
         model_prefixes=config.model_sync.prefixes,
         root_volume_gib=config.gpu.root_volume_gib,
         tags=config.tags,
+        ami_alias=config.gpu.ami_alias,
+        cache_deadline_seconds=config.gpu.model_cache_deadline_seconds,
     )
 
 
@@ -87,7 +89,7 @@ def test_nodeclass_security(synth):
     spec = _class(synth.config)["spec"]
     assert spec["metadataOptions"]["httpTokens"] == "required"
     assert spec["metadataOptions"]["httpPutResponseHopLimit"] == 1
-    assert spec["amiSelectorTerms"] == [{"alias": "al2023@latest"}]
+    assert spec["amiSelectorTerms"] == [{"alias": synth.config.gpu.ami_alias}]
     for term in spec["subnetSelectorTerms"] + spec["securityGroupSelectorTerms"]:
         assert set(term) == {"tags"}, "select by discovery tags only (no names, no globs)"
         assert "*" not in str(term)
@@ -105,6 +107,7 @@ def test_gpu_instances_carry_the_project_tags(synth, nodeclass_validator):
     hostile = gpu_node_class(
         cluster_name="c", node_role_name="r", models_bucket="models-bucket", region="us-west-2", model_prefixes=("loras/",),
         root_volume_gib=100, tags={names.NODE_CLUSTER_TAG_KEY: "someone-else", "team": "art"},
+        ami_alias="al2023@v20260714", cache_deadline_seconds=3600,
     )
     assert hostile["spec"]["tags"][names.NODE_CLUSTER_TAG_KEY] == "c" and hostile["spec"]["tags"]["team"] == "art"
     assert errors(nodeclass_validator, hostile) == []
@@ -184,6 +187,7 @@ def test_karpenter_submodule_node_role(synth):
     modules = synth.stack("platform")["module"]
     karpenter = next(m for m in modules.values() if m["source"].endswith("//modules/karpenter"))
     policies = karpenter["node_iam_role_additional_policies"]
-    assert policies["AmazonSSMManagedInstanceCore"].endswith(":iam::aws:policy/AmazonSSMManagedInstanceCore")
-    assert policies["ModelsRead"].startswith("${aws_iam_policy.")
+    # Not the managed SSM policy (it reads every parameter of the account): our own, for Run Command.
+    assert set(policies) == {"GpuNode", "ModelsRead"}
+    assert all(arn.startswith("${aws_iam_policy.") for arn in policies.values())
     assert karpenter["create_pod_identity_association"] is True and karpenter["enable_spot_termination"] is True

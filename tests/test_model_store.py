@@ -13,7 +13,13 @@ from modules import comfyui
 from modules.model_sync import MAX_RECEIVE_COUNT, node_sync_commands, ssm_document_content
 from modules.s3_volumes import s3_volume, volume_manifests
 from tests.helpers import go_duration_seconds
-from tests.k8s import k8s_version, validate_strict
+from tests.k8s import resolve_tokens, k8s_version, validate_strict
+
+
+def _model_sync(synth, rtype: str) -> dict:
+    """The one `rtype` resource of the model-sync construct (the job API has its own)."""
+    (found,) = [r for k, r in synth.resources("platform", rtype).items() if k.startswith("model_sync_")]
+    return found
 
 
 def _one(synth, cycle, rtype, **match):
@@ -60,14 +66,14 @@ def test_queue_batching_dlq_and_encryption(synth):
     assert redrive["maxReceiveCount"] == MAX_RECEIVE_COUNT and redrive["deadLetterTargetArn"].startswith("${aws_sqs_queue.")
     for q in (main, dlq):
         assert q["kms_master_key_id"].startswith("${aws_kms_key.")
-    mapping = next(iter(synth.resources("platform", "aws_lambda_event_source_mapping").values()))
+    mapping = _model_sync(synth, "aws_lambda_event_source_mapping")
     assert mapping["maximum_batching_window_in_seconds"] == synth.config.model_sync.batching_window_seconds
     assert mapping["batch_size"] >= 50, "a burst of 50 uploads must fit one batch"
     assert mapping["scaling_config"]["maximum_concurrency"] == 2
 
 
 def test_lambda_environment_uses_shared_names(synth):
-    fn = next(iter(synth.resources("platform", "aws_lambda_function").values()))
+    fn = _model_sync(synth, "aws_lambda_function")
     env = fn["environment"]["variables"]
     assert env[names.ENV_CLUSTER_NAME] == synth.config.cluster_name
     assert env[names.ENV_NODE_CLUSTER_TAG_KEY] == names.NODE_CLUSTER_TAG_KEY
@@ -80,7 +86,7 @@ def test_lambda_environment_uses_shared_names(synth):
 def test_lambda_package_contains_the_handler(synth):
     import zipfile
 
-    fn = next(iter(synth.resources("platform", "aws_lambda_function").values()))
+    fn = _model_sync(synth, "aws_lambda_function")
     path = synth.paths[synth.config.stack_name("platform")].parent / fn["filename"]
     with zipfile.ZipFile(path) as z:
         assert {"handler.py", "logic.py"} <= set(z.namelist())
@@ -98,7 +104,7 @@ def test_ssm_document_runs_no_key_and_no_parameter():
 
 
 def test_lambda_least_privilege(synth):
-    role_policy = next(iter(synth.resources("platform", "aws_iam_role_policy").values()))
+    role_policy = _model_sync(synth, "aws_iam_role_policy")
     doc = _doc(synth, "platform", role_policy["policy"])
     by_sid = {s["sid"]: s for s in doc["statement"]}
     actions = sorted(a for s in doc["statement"] for a in s["actions"])
@@ -117,7 +123,7 @@ def test_lambda_least_privilege(synth):
 
 
 def test_queue_accepts_only_the_models_bucket(synth):
-    policy = next(iter(synth.resources("platform", "aws_sqs_queue_policy").values()))
+    policy = _model_sync(synth, "aws_sqs_queue_policy")
     doc = _doc(synth, "platform", policy["policy"])
     allow = next(s for s in doc["statement"] if s["effect"] == "Allow")
     conditions = {c["variable"]: c["values"] for c in allow["condition"]}
@@ -127,9 +133,9 @@ def test_queue_accepts_only_the_models_bucket(synth):
 
 def test_node_and_csi_access_is_scoped(synth):
     docs = synth.stack("platform")["data"]["aws_iam_policy_document"]
-    read = next(d for k, d in docs.items() if "models_read" in k)
+    read = next(d for k, d in docs.items() if k.startswith("models_read_document"))
     assert sorted(a for s in read["statement"] for a in s["actions"]) == ["kms:Decrypt", "s3:GetObject", "s3:ListBucket"]
-    csi = next(d for k, d in docs.items() if "csi_document" in k)
+    csi = next(d for k, d in docs.items() if k.startswith("s3_csi_driver_document"))
     assert "s3:*" not in [a for s in csi["statement"] for a in s["actions"]]
     assocs = {(a["namespace"], a["service_account"]) for a in synth.resources("platform", "aws_eks_pod_identity_association").values()}
     assert ("kube-system", "s3-csi-driver-sa") in assocs
@@ -151,9 +157,10 @@ def test_csi_volumes_valid_and_mounted_for_comfyui(synth):
             assert ("allow-overwrite" in opts) is (m["metadata"]["name"].endswith("-inputs"))
             handles.add(m["spec"]["csi"]["volumeHandle"])
     assert len(handles) == 2, "volume handles must be unique"
-    # and those very objects are what the workload stack applies
-    applied = [r["manifest"] for r in synth.resources("workload", "kubernetes_manifest").values()]
-    for m in manifests:
+    # and those very objects are what the workload stack applies (the bucket names as references
+    # to the platform stack's buckets)
+    applied = [resolve_tokens(r["manifest"]) for r in synth.resources("workload", "kubernetes_manifest").values()]
+    for m in resolve_tokens(volume_manifests(inputs_bucket="${x}", outputs_bucket="${y}", region=c.region)):
         assert m in applied
 
 
@@ -212,5 +219,5 @@ def test_no_prefixes_means_every_change_notifies(tmp_path):
     notification = next(iter(synth.resources("platform", "aws_s3_bucket_notification").values()))
     assert len(notification["queue"]) == 1
     assert "filter_prefix" not in notification["queue"][0]
-    fn = next(iter(synth.resources("platform", "aws_lambda_function").values()))
+    fn = _model_sync(synth, "aws_lambda_function")
     assert fn["environment"]["variables"][names.ENV_MODEL_PREFIXES] == ""

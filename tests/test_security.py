@@ -110,7 +110,10 @@ def test_eks_logging_encryption_auth_and_imds(synth_variants):
         assert eks["create_kms_key"] is True and eks["enable_kms_key_rotation"] is True
         assert eks["authentication_mode"] == "API"
         assert eks["endpoint_private_access"] is True
-        assert eks["endpoint_public_access_cidrs"] == list(synth.config.network.api_public_cidrs)
+        public = list(synth.config.network.api_public_cidrs)
+        # A public endpoint only for the listed ranges; none at all when the list is empty.
+        assert eks["endpoint_public_access"] is bool(public)
+        assert eks.get("endpoint_public_access_cidrs", []) == public
         for group in eks["eks_managed_node_groups"].values():
             meta = group["metadata_options"]
             assert meta["http_tokens"] == "required"
@@ -161,10 +164,13 @@ def test_subnet_plan_is_disjoint_and_inside_the_vpc(cidr, azs):
 
     from modules.network import subnet_plan
 
-    private, public = subnet_plan(cidr, azs)
-    nets = [ipaddress.IPv4Network(n) for n in private + public]
-    assert len(private) == len(public) == azs
+    plan = subnet_plan(cidr, azs)
+    nets = [ipaddress.IPv4Network(n) for n in plan.private + plan.internal_alb + plan.public]
+    assert len(plan.private) == len(plan.internal_alb) == len(plan.public) == azs
     vpc = ipaddress.IPv4Network(cidr)
     assert all(n.subnet_of(vpc) for n in nets)
     assert all(not a.overlaps(b) for i, a in enumerate(nets) for b in nets[i + 1:])
-    assert all(ipaddress.IPv4Network(p).num_addresses >= 8 * ipaddress.IPv4Network(q).num_addresses for p, q in zip(private, public))
+    for private, small in zip(plan.private, plan.internal_alb + plan.public):
+        assert ipaddress.IPv4Network(private).num_addresses >= 8 * ipaddress.IPv4Network(small).num_addresses
+    # An ALB needs a /27 at least (8 free addresses).
+    assert all(ipaddress.IPv4Network(n).prefixlen <= 27 for n in plan.internal_alb + plan.public)

@@ -1,0 +1,57 @@
+"""Stable Terraform addresses: every Kubernetes object of the workload has an explicit resource
+id, so adding an object (or reordering them) never renames one, which would make Terraform
+destroy and recreate a live object."""
+
+from __future__ import annotations
+
+import pytest
+from cdktf import TerraformResource
+
+from tests.conftest import variant_config
+
+
+def _addresses(monkeypatch, tmp_path, extra: dict | None = None) -> dict[str, dict]:
+    """Terraform address -> manifest of every kubernetes_manifest of the workload stack, built
+    without synthesizing (the construct tree already has the final ids)."""
+    import stacks.workload
+    from modules.comfyui import comfyui_manifests
+    from stacks.app import build_app
+
+    if extra is not None:
+        def with_extra(**kwargs):
+            return {**extra, **comfyui_manifests(**kwargs)}  # the new object comes FIRST
+
+        monkeypatch.setattr(stacks.workload, "comfyui_manifests", with_extra)
+    config = variant_config("edge-cognito")
+    app = build_app(config, outdir=tmp_path)
+    workload = next(s for s in app.node.children if s.node.id == config.stack_name("workload"))
+    out = {}
+    for node in workload.node.find_all():
+        if isinstance(node, TerraformResource) and node.terraform_resource_type == "kubernetes_manifest":
+            out[f"kubernetes_manifest.{node.friendly_unique_id}"] = node
+    return out
+
+
+def test_adding_a_manifest_renames_nothing(monkeypatch, tmp_path):
+    before = _addresses(monkeypatch, tmp_path / "before")
+    extra = {"comfyui_extra_configmap": {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "namespace": "comfyui"}}}
+    after = _addresses(monkeypatch, tmp_path / "after", extra)
+    assert set(before) < set(after)
+    assert set(after) - set(before) == {"kubernetes_manifest.comfyui_extra_configmap"}
+
+
+@pytest.mark.parametrize("variant", ["default", "edge-cognito"])
+def test_object_ids_are_explicit_not_positional(synth_variants, variant):
+    from modules.comfyui import JobRunnerSettings, comfyui_manifests
+    from stacks.ingress import api_ingress_settings, ingress_settings
+
+    synth = synth_variants[variant]
+    config = synth.config
+    cognito = {"userPoolARN": "a", "userPoolClientID": "b", "userPoolDomain": "c"}
+    ids = set(comfyui_manifests(
+        image="r:t", model_cache_wait_seconds=60, runner=JobRunnerSettings(table="t", queue_url="q", inputs_bucket="i", outputs_bucket="o", region="us-west-2", timeout_seconds=60), settings=ingress_settings(config, cognito=cognito),
+        api_settings=api_ingress_settings(config),
+    ))
+    synthesized = set(synth.resources("workload", "kubernetes_manifest"))
+    assert ids <= synthesized, "the workload stack uses the ids as they are"
+    assert all(i.startswith("comfyui_") for i in ids)
