@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from comfyui_eks.cli import UsageError
+from core import names
 
 if TYPE_CHECKING:
     from core.config import Config
 
 Json = dict[str, Any]
 # Deployment order; destroy goes the other way.
-CYCLES = ("state", "platform", "workload", "edge")
+CYCLES = names.CYCLES
 OUTDIR_ENV = "CDKTF_OUTDIR"
 DEFAULT_OUTDIR = "cdktf.out"
 
@@ -49,7 +50,7 @@ class Stack:
         """Only the state stack keeps its state in a local file (it creates the bucket the
         others use): `../../../<stack>.tfstate` from its directory (stacks/state.py), i.e. next
         to the output directory."""
-        if self.cycle != "state":
+        if self.cycle != names.STATE_CYCLE:
             return None
         return self.directory.resolve().parent.parent.parent / f"{self.name}.tfstate"
 

@@ -36,6 +36,7 @@ Every error is a ComfyError whose message is one line per problem, ready for a C
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import mimetypes
@@ -340,10 +341,12 @@ class ComfyClient:
                 allow_redirects=False,
                 **kwargs,
             )
-        except requests.exceptions.ConnectTimeout:
-            raise ComfyUnavailable(f"cannot connect to {self._host}: no answer within {self._seconds}", reached=False)
-        except requests.exceptions.ReadTimeout:
-            raise ComfyUnavailable(f"ComfyUI at {self._host} did not answer {what} within {self._seconds}")
+        except requests.exceptions.ConnectTimeout as exc:
+            raise ComfyUnavailable(
+                f"cannot connect to {self._host}: no answer within {self._seconds}", reached=False
+            ) from exc
+        except requests.exceptions.ReadTimeout as exc:
+            raise ComfyUnavailable(f"ComfyUI at {self._host} did not answer {what} within {self._seconds}") from exc
         except requests.exceptions.SSLError as exc:
             raise ComfyError(f"TLS error talking to {self._host}: {_root_cause(exc)}") from exc
         except requests.exceptions.ConnectionError as exc:
@@ -949,10 +952,8 @@ def _describe(exc: BaseException) -> str:
 
 
 def _close_quietly(socket: websocket.WebSocket) -> None:
-    try:
+    with contextlib.suppress(websocket.WebSocketException, OSError):
         socket.close(timeout=1)
-    except (websocket.WebSocketException, OSError):
-        pass
 
 
 def _ca_bundle(session: requests.Session) -> str:

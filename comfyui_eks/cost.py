@@ -145,7 +145,10 @@ def register(subparsers: Any, name: str) -> argparse.ArgumentParser:
         "--spot-discount",
         type=_percent,
         metavar="PCT",
-        help="ASSUMPTION: Spot's discount from On-Demand in percent (default from the price table: 55, i.e. Spot = 45%% of On-Demand)",
+        help=(
+            "ASSUMPTION: Spot's discount from On-Demand in percent "
+            "(default from the price table: 55, i.e. Spot = 45%% of On-Demand)"
+        ),
     )
     for option in OPTIONS:
         parser.add_argument(
@@ -386,7 +389,8 @@ def gpu_hours(scaling: Any, job_hours: Decimal) -> GpuHours:
     days = len(schedule.days) * WEEKS_PER_MONTH
     scheduled = extra * hours_per_day * days
     why = (
-        f"schedule: {_replicas(extra, 'warm replica')} x {_num(hours_per_day)} h x {len(schedule.days)} days/week x 52/12 "
+        f"schedule: {_replicas(extra, 'warm replica')} x {_num(hours_per_day)} h x {len(schedule.days)} days/week "
+        "x 52/12 "
         f"= {_hours(scheduled)} h"
     )
     if scaling.min_replicas:
@@ -549,7 +553,8 @@ def _storage(out: _Builder, config: Any, region: RegionPrices, usage: dict[str, 
     days = config.buckets.outputs_expiration_days
     out.add(
         "Amazon S3",
-        f"images, S3 Standard: {_num(usage['images_per_month'])} x {_num(usage['image_mb'])} MB a month, kept {days} days",
+        f"images, S3 Standard: {_num(usage['images_per_month'])} x {_num(usage['image_mb'])} MB a month, "
+        f"kept {days} days",
         monthly_gb * days / DAYS_PER_MONTH,
         "GB-month",
         region.s3_standard_gb_month,
@@ -719,7 +724,8 @@ def _check_configuration_options(args: argparse.Namespace) -> None:
     if reference_only:
         raise UsageError(
             *(
-                f"{flag} applies to --scenario reference: this configuration's GPU hours come from scaling.schedule and "
+                f"{flag} applies to --scenario reference: this configuration's GPU hours come from "
+                "scaling.schedule and "
                 "min_replicas; fix: change those, or add job hours with --job-gpu-hours-per-month"
                 for flag in reference_only
             )
@@ -801,7 +807,8 @@ def _configuration_output(
     estimate, hours = config_estimate(config, table, assumptions, spot_discount)
     gpu_line = (
         f"GPU hours: this configuration keeps GPU nodes running {_hours(hours.configuration)} h a month "
-        f"({hours.explanation}); with {_hours(hours.jobs)} job hours (--job-gpu-hours-per-month): {_hours(hours.total)} h."
+        f"({hours.explanation}); with {_hours(hours.jobs)} job hours (--job-gpu-hours-per-month): "
+        f"{_hours(hours.total)} h."
     )
     tail = _scale_down_tail(config)
     notes = [gpu_line, *estimate.notes, *([tail] if tail else [])]

@@ -105,7 +105,10 @@ def _register_deploy(subparsers: Any, name: str) -> argparse.ArgumentParser:
         type=float,
         default=HEALTH_TIMEOUT,
         metavar="SECONDS",
-        help=f"how long to wait for ComfyUI's health endpoint after the workload stack ({HEALTH_TIMEOUT:g}; 0: do not wait)",
+        help=(
+            f"how long to wait for ComfyUI's health endpoint after the workload stack ({HEALTH_TIMEOUT:g}; "
+            "0: do not wait)"
+        ),
     )
     parser.set_defaults(func=run_deploy)
     return parser

@@ -46,8 +46,14 @@ MULTIPART_THRESHOLD = 64 * MiB
 PART_SIZE = 64 * MiB
 READ_SIZE = 1 * MiB
 DELETE_BATCH = 1000  # DeleteObjects takes at most 1,000 keys
+
+
+def _stdin_is_tty() -> bool:
+    return sys.stdin.isatty()
+
+
 # Interaction, replaced by tests: whether stdin is a terminal, and how to ask.
-STDIN_IS_TTY: Callable[[], bool] = lambda: sys.stdin.isatty()
+STDIN_IS_TTY: Callable[[], bool] = _stdin_is_tty
 ASK: Callable[[str], str] = input
 
 
@@ -119,7 +125,10 @@ def folder_problem(key: str, folders: Sequence[str]) -> str | None:
     if folder in folders:
         return None
     alternatives = ", ".join(f"{f}/" for f in folders)
-    return f"{folder}/ is not a folder ComfyUI reads from the models bucket ({alternatives}); fix: use one of them, or --force"
+    return (
+        f"{folder}/ is not a folder ComfyUI reads from the models bucket ({alternatives}); "
+        "fix: use one of them, or --force"
+    )
 
 
 def upload_key(file: Path, folder: str | None, key: str | None) -> str:
@@ -247,7 +256,8 @@ def aws_errors(bucket: str) -> Iterator[None]:
             ) from None
         if code in ("AccessDenied", "403"):
             raise CommandFailed(
-                f"access to bucket {bucket} denied ({error.get('Message', '')}); fix: use an identity allowed to read and write it"
+                f"access to bucket {bucket} denied ({error.get('Message', '')}); "
+                "fix: use an identity allowed to read and write it"
             ) from None
         raise CommandFailed(f"S3 error on bucket {bucket}: {code} {error.get('Message', '')}".strip()) from None
     except BotoCoreError as exc:

@@ -178,7 +178,8 @@ def check_credentials(config: Config, sts: Any) -> Finding:
         return Finding(
             "credentials",
             False,
-            f"the credentials are for account {account} ({identity.get('Arn', '?')}), config.account_id is {config.account_id}",
+            f"the credentials are for account {account} ({identity.get('Arn', '?')}), "
+            f"config.account_id is {config.account_id}",
             f"use credentials of account {config.account_id} (AWS_PROFILE), or correct account_id in the configuration",
         )
     return Finding("credentials", True, f"account {account} as {identity.get('Arn', '?')}")
@@ -334,14 +335,16 @@ def check_image(config: Config, ecr: Any) -> Finding:
             return Finding(
                 "ecr-image",
                 True,
-                f"repository {repository} does not exist yet (the platform stack creates it); the tag is checked again before the workload stack",
+                f"repository {repository} does not exist yet (the platform stack creates it); "
+                "the tag is checked again before the workload stack",
             )
         if code == "ImageNotFoundException":
             return Finding(
                 "ecr-image",
                 False,
                 f"comfyui.image_tag {tag} is not in the ECR repository {repository}",
-                f"push it: docker/build_and_push.sh --repository-url {_stacks.repository_url(config)}, and set comfyui.image_tag to the tag it prints",
+                f"push it: docker/build_and_push.sh --repository-url {_stacks.repository_url(config)}, "
+                "and set comfyui.image_tag to the tag it prints",
             )
         return Finding(
             "ecr-image",
@@ -360,8 +363,10 @@ def image_missing(config: Config) -> Finding | None:
         return Finding(
             "ecr-image",
             False,
-            f"the ECR repository {_stacks.repository_name(config)} does not exist, so comfyui.image_tag {config.comfyui.image_tag} cannot be in it",
-            "deploy the platform stack first (comfyui-eks deploy --stacks state,platform), push the image, then deploy again",
+            f"the ECR repository {_stacks.repository_name(config)} does not exist, "
+            f"so comfyui.image_tag {config.comfyui.image_tag} cannot be in it",
+            "deploy the platform stack first (comfyui-eks deploy --stacks state,platform), "
+            "push the image, then deploy again",
         )
     return None if finding.ok else finding
 

@@ -108,7 +108,10 @@ class PriceTable:
     def source_line(self) -> str:
         """One line saying where the prices come from."""
         if self.refreshed:
-            return f"prices: AWS Pricing API on {self.as_of} ({', '.join(self.refreshed)}), CloudFront and WAF from the embedded table"
+            return (
+                f"prices: AWS Pricing API on {self.as_of} ({', '.join(self.refreshed)}), "
+                "CloudFront and WAF from the embedded table"
+            )
         return f"prices: embedded table of {self.as_of} (comfyui_eks/data/prices.json; refresh with --refresh-prices)"
 
 

@@ -348,7 +348,8 @@ def sync_lines(status: Json) -> list[str]:
     elif last["result"] == "sent":
         command = last.get("command")
         detail = (
-            f"{command['Status']}, {command['CompletedCount']} of {command['TargetCount']} nodes done, {command['ErrorCount']} failed"
+            f"{command['Status']}, {command['CompletedCount']} of {command['TargetCount']} nodes done, "
+            f"{command['ErrorCount']} failed"
             if command
             else "command no longer in SSM's history"
         )

@@ -17,8 +17,9 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
-from core import rules
+from core import names, rules
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "default.yaml"
 CONFIG_ENV_VAR = "COMFYUI_EKS_CONFIG"
@@ -31,7 +32,12 @@ _K8S_VERSION = re.compile(r"1\.(29|3[0-4])", re.ASCII)
 # amzn-s3-demo-); the project prefixes both.
 _RESERVED_PROJECT_PREFIXES = ("aws", "amazon", "amzn", "sthree")
 _CONTROLLER_TAG_PREFIXES = (
-    "comfyui.io/", "karpenter.sh/", "karpenter.k8s.aws/", "kubernetes.io/cluster", "elbv2.k8s.aws/", "ingress.k8s.aws/",
+    names.KEY_PREFIX,
+    "karpenter.sh/",
+    "karpenter.k8s.aws/",
+    "kubernetes.io/cluster",
+    "elbv2.k8s.aws/",
+    "ingress.k8s.aws/",
 )
 # GPU instance families this product's AMI (AL2023 NVIDIA) and device plugin support.
 # (x86_64 only: the ComfyUI image is built for linux/amd64, so Graviton g5g is excluded.)
@@ -86,9 +92,7 @@ def _duration(*, minimum: int, maximum: int) -> BeforeValidator:
         if seconds is None:
             raise ValueError(f"{show(value)} is not a duration; fix: use h/m/s parts such as 10m, 1h30m or 720h")
         if not minimum <= seconds <= maximum:
-            raise ValueError(
-                f"{show(value)} is outside {minimum}s..{maximum}s; fix: choose a duration in that range"
-            )
+            raise ValueError(f"{show(value)} is outside {minimum}s..{maximum}s; fix: choose a duration in that range")
         return value
 
     return BeforeValidator(check)
@@ -101,7 +105,9 @@ def _cidrs(values: tuple[str, ...], *, allow_everyone: bool = True) -> tuple[str
         try:
             net = ipaddress.IPv4Network(cidr, strict=True)
         except ValueError as exc:
-            raise ValueError(f"invalid IPv4 CIDR {show(cidr)} ({exc}); fix: use a network address such as 203.0.113.0/24") from None
+            raise ValueError(
+                f"invalid IPv4 CIDR {show(cidr)} ({exc}); fix: use a network address such as 203.0.113.0/24"
+            ) from None
         if not allow_everyone and net.prefixlen < 8:
             raise ValueError(
                 f"{cidr} opens this to (almost) everyone; fix: list the ranges of your VPN, offices or peered VPCs"
@@ -150,13 +156,16 @@ class NetworkConfig(_Model):
         _cidrs((v,))
         net = ipaddress.IPv4Network(v)
         if not 16 <= net.prefixlen <= 20:
-            raise ValueError(f"prefix /{net.prefixlen} is outside /16../20; fix: use a /16 to /20 so every AZ gets room for GPU nodes")
+            raise ValueError(
+                f"prefix /{net.prefixlen} is outside /16../20; "
+                "fix: use a /16 to /20 so every AZ gets room for GPU nodes"
+            )
         if not net.is_private:
             raise ValueError(f"{v} is not a private (RFC 1918) range; fix: use e.g. 10.42.0.0/16")
         return v
 
     @model_validator(mode="after")
-    def _exposure(self) -> "NetworkConfig":
+    def _exposure(self) -> NetworkConfig:
         if self.api_is_open_to_everyone and not self.acknowledge_public_api:
             raise ValueError(
                 "api_public_cidrs opens the EKS API endpoint to (almost) the whole internet; fix: list only your "
@@ -184,7 +193,7 @@ class SystemNodesConfig(_Model):
         return v
 
     @model_validator(mode="after")
-    def _sizes(self) -> "SystemNodesConfig":
+    def _sizes(self) -> SystemNodesConfig:
         if not self.min_size <= self.desired_size <= self.max_size:
             raise ValueError("need min_size <= desired_size <= max_size; fix: adjust the three sizes")
         return self
@@ -214,7 +223,7 @@ class ClusterAccessConfig(_Model):
         return v
 
     @model_validator(mode="after")
-    def _disjoint(self) -> "ClusterAccessConfig":
+    def _disjoint(self) -> ClusterAccessConfig:
         both = sorted(set(self.viewer_role_arns) & set(self.admin_role_arns))
         if both:
             # EKS allows one access entry per principal.
@@ -299,8 +308,17 @@ class ModelSyncConfig(_Model):
     # neither trigger a sync nor reach a node. An empty list means the whole bucket. ComfyUI
     # itself only looks in the folders mapped in docker/extra_model_paths.yaml.
     prefixes: Strings = (
-        "checkpoints/", "clip/", "clip_vision/", "controlnet/", "diffusion_models/", "embeddings/",
-        "loras/", "text_encoders/", "unet/", "upscale_models/", "vae/",
+        "checkpoints/",
+        "clip/",
+        "clip_vision/",
+        "controlnet/",
+        "diffusion_models/",
+        "embeddings/",
+        "loras/",
+        "text_encoders/",
+        "unet/",
+        "upscale_models/",
+        "vae/",
     )
     # SQS -> Lambda batching window: a burst of uploads within it becomes one sync.
     batching_window_seconds: Annotated[int, Field(ge=0, le=300)] = 60
@@ -331,7 +349,9 @@ class ComfyUIConfig(_Model):
     @classmethod
     def _tag(cls, v: str) -> str:
         if not _IMAGE_TAG.fullmatch(v) or v == "latest":
-            raise ValueError(f"{show(v)} is not a pinned image tag; fix: use the tag docker/build_and_push.sh printed (not 'latest')")
+            raise ValueError(
+                f"{show(v)} is not a pinned image tag; fix: use the tag docker/build_and_push.sh printed (not 'latest')"
+            )
         return v
 
 
@@ -345,7 +365,11 @@ class ScheduleConfig(_Model):
     # An IANA time zone such as Europe/Berlin or America/Los_Angeles.
     timezone: str = "UTC"
     days: Annotated[tuple[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"], ...], BeforeValidator(_tuple)] = (
-        "mon", "tue", "wed", "thu", "fri",
+        "mon",
+        "tue",
+        "wed",
+        "thu",
+        "fri",
     )
     start: str = "09:00"
     end: str = "17:00"
@@ -361,7 +385,9 @@ class ScheduleConfig(_Model):
                 raise ZoneInfoNotFoundError(v)
             ZoneInfo(v)
         except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"{show(v)} is not an IANA time zone; fix: e.g. Europe/Berlin, America/Los_Angeles or UTC") from None
+            raise ValueError(
+                f"{show(v)} is not an IANA time zone; fix: e.g. Europe/Berlin, America/Los_Angeles or UTC"
+            ) from None
         return v
 
     @field_validator("start", "end")
@@ -372,7 +398,7 @@ class ScheduleConfig(_Model):
         return v
 
     @model_validator(mode="after")
-    def _window(self) -> "ScheduleConfig":
+    def _window(self) -> ScheduleConfig:
         if not self.days or len(set(self.days)) != len(self.days):
             raise ValueError("days must list each day once; fix: e.g. [mon, tue, wed, thu, fri]")
         if self.start >= self.end:
@@ -401,7 +427,7 @@ class ScalingConfig(_Model):
     schedule: ScheduleConfig | None = ScheduleConfig()
 
     @model_validator(mode="after")
-    def _bounds(self) -> "ScalingConfig":
+    def _bounds(self) -> ScalingConfig:
         if self.min_replicas > self.max_replicas:
             raise ValueError("min_replicas is above max_replicas; fix: lower min_replicas or raise max_replicas")
         if self.schedule and self.schedule.warm_replicas > self.max_replicas:
@@ -433,7 +459,7 @@ class AuthConfig(_Model):
     internal_api_endpoint: bool = False
 
     @model_validator(mode="after")
-    def _rules(self) -> "AuthConfig":
+    def _rules(self) -> AuthConfig:
         if self.internal_api_endpoint and self.mode != "cognito":
             raise ValueError(
                 f"internal_api_endpoint applies only to mode 'cognito' (with mode {self.mode!r} the one ALB already "
@@ -469,10 +495,10 @@ class EdgeConfig(_Model):
     rate_limit_per_5_min: Annotated[int, Field(ge=10, le=2_000_000_000)] = 2000
 
     @model_validator(mode="after")
-    def _edge(self) -> "EdgeConfig":
+    def _edge(self) -> EdgeConfig:
         if self.cloudfront:
             arn = self.certificate_arn or ""
-            if not re.fullmatch(r"arn:aws[a-z-]*:acm:us-east-1:[0-9]{12}:certificate/[0-9a-f-]{1,64}", arn, re.ASCII):
+            if not _ACM_ARN.fullmatch(arn) or arn.split(":")[3] != "us-east-1":
                 raise ValueError(
                     "cloudfront needs certificate_arn, an ACM certificate in us-east-1 for auth.domain; "
                     "fix: request one in us-east-1 and set edge.certificate_arn"
@@ -525,7 +551,8 @@ class Config(_Model):
             )
         if v.startswith(_RESERVED_PROJECT_PREFIXES):
             raise ValueError(
-                f"{show(v)} starts with a prefix AWS reserves ({', '.join(_RESERVED_PROJECT_PREFIXES)}) for SSM documents "
+                f"{show(v)} starts with a prefix AWS reserves ({', '.join(_RESERVED_PROJECT_PREFIXES)}) "
+                "for SSM documents "
                 "and S3 buckets, which the project prefixes; fix: choose another project name, e.g. studio-comfyui"
             )
         return v
@@ -534,13 +561,16 @@ class Config(_Model):
     @classmethod
     def _account(cls, v: str) -> str:
         if not rules.ACCOUNT_ID.fullmatch(v):
-            raise ValueError(f"{show(v)} is not an AWS account ID; fix: the 12 digits of `aws sts get-caller-identity`, quoted as a string")
+            raise ValueError(
+                f"{show(v)} is not an AWS account ID; "
+                "fix: the 12 digits of `aws sts get-caller-identity`, quoted as a string"
+            )
         return v
 
     @field_validator("region")
     @classmethod
     def _region(cls, v: str) -> str:
-        if not rules.REGION.fullmatch(v) or len(v) > rules.LONGEST_REGION:
+        if not rules.is_region(v):
             raise ValueError(f"{show(v)} is not an AWS region; fix: use a region code such as us-west-2")
         return v
 
@@ -549,7 +579,7 @@ class Config(_Model):
     def _k8s(cls, v: str) -> str:
         if not _K8S_VERSION.fullmatch(v):
             raise ValueError(
-                f"{show(v)} is not a supported Kubernetes version; fix: use \"1.29\" to \"1.34\" (quoted): native sidecars "
+                f'{show(v)} is not a supported Kubernetes version; fix: use "1.29" to "1.34" (quoted): native sidecars '
                 "need 1.29, and Karpenter 1.8 supports up to 1.34"
             )
         return v
@@ -564,7 +594,9 @@ class Config(_Model):
             )
         for k, value in v.items():
             if k.lower().startswith("aws:") or not 1 <= len(k) <= 128:
-                raise ValueError(f"tag key {show(k)} is reserved or too long; fix: use 1-128 characters not starting with 'aws:'")
+                raise ValueError(
+                    f"tag key {show(k)} is reserved or too long; fix: use 1-128 characters not starting with 'aws:'"
+                )
             # The tags also reach what Karpenter and the load balancer controller create (GPU
             # instances, ALBs), so their own keys and ours stay theirs: Karpenter's CRD refuses
             # them, and a user value could steer the SSM targeting tag.
@@ -574,7 +606,10 @@ class Config(_Model):
                     f"{', '.join(_CONTROLLER_TAG_PREFIXES)} and eks:eks-cluster-name"
                 )
             if not 1 <= len(value) <= 256:
-                raise ValueError(f"tag {show(k)} has an empty or too long value; fix: give it 1-256 characters (Karpenter refuses empty values)")
+                raise ValueError(
+                    f"tag {show(k)} has an empty or too long value; "
+                    "fix: give it 1-256 characters (Karpenter refuses empty values)"
+                )
             for text in (k, value):
                 if not rules.TAG_TEXT.fullmatch(text):
                     raise ValueError(
@@ -584,7 +619,7 @@ class Config(_Model):
         return v
 
     @model_validator(mode="after")
-    def _cross(self) -> "Config":
+    def _cross(self) -> Config:
         if self.edge.cloudfront and self.auth.mode == "internal":
             raise ValueError(
                 "edge.cloudfront makes ComfyUI reachable from the internet, which auth.mode 'internal' forbids; "
@@ -602,7 +637,8 @@ class Config(_Model):
             # controller's events (no ALB) or at CloudFront's creation.
             if arn and arn.split(":")[3:5] != [region, self.account_id]:
                 errors.append(
-                    f"{key} is in region {arn.split(':')[3]!r}, account {arn.split(':')[4]!r}; it must be an ACM certificate "
+                    f"{key} is in region {arn.split(':')[3]!r}, account {arn.split(':')[4]!r}; "
+                    "it must be an ACM certificate "
                     f"in {region} of account {self.account_id}; fix: request or import the certificate there"
                 )
         if self.auth.mode == "cognito" and re.search(r"aws|amazon|cognito", self.project):
@@ -625,7 +661,10 @@ class Config(_Model):
             seen.setdefault(bucket, key)
         for arn in (*self.cluster_access.viewer_role_arns, *self.cluster_access.admin_role_arns):
             if arn.split(":")[1] != self.partition:
-                errors.append(f"cluster_access: {show(arn)} is not in partition {self.partition!r} of {self.region}; fix: use a role of that partition")
+                errors.append(
+                    f"cluster_access: {show(arn)} is not in partition {self.partition!r} of {self.region}; "
+                    "fix: use a role of that partition"
+                )
         if self.scaling.max_replicas > self.gpu.max_gpus:
             # One GPU per replica: Karpenter would never launch the extra nodes.
             errors.append(
@@ -636,7 +675,10 @@ class Config(_Model):
         if topic is not None:
             match = _SNS_ARN.fullmatch(topic)
             if match is None:
-                errors.append(f"alarms.sns_topic_arn: {show(topic)} is not an SNS topic ARN; fix: arn:aws:sns:<region>:<account>:<topic>")
+                errors.append(
+                    f"alarms.sns_topic_arn: {show(topic)} is not an SNS topic ARN; "
+                    "fix: arn:aws:sns:<region>:<account>:<topic>"
+                )
             elif (match.group(1), match.group(2), match.group(3)) != (self.partition, self.region, self.account_id):
                 # CloudWatch alarms notify SNS topics of their own region (and this account, without extra policy).
                 errors.append(
@@ -679,6 +721,11 @@ class Config(_Model):
     def access_logs_bucket(self) -> str:
         return self._bucket("s3logs", self.buckets.access_logs)
 
+    def stack_name(self, cycle: str) -> str:
+        return f"{self.project}-{cycle}"
+
+    # Terraform state: the state stack creates the bucket and its key; every other stack's S3
+    # backend names them as literals (a backend cannot reference resources).
     @property
     def state_bucket(self) -> str:
         return f"{self.project}-tfstate-{self.account_id}-{self.region}"
@@ -687,12 +734,20 @@ class Config(_Model):
     def state_log_bucket(self) -> str:
         return f"{self.project}-tfstate-logs-{self.account_id}-{self.region}"
 
-    def stack_name(self, cycle: str) -> str:
-        return f"{self.project}-{cycle}"
+    @property
+    def state_kms_alias(self) -> str:
+        """Alias (without `alias/`) of the KMS key that encrypts the state bucket."""
+        return f"{self.project}-tfstate"
 
     def state_key(self, cycle: str) -> str:
         """The object key of a stack's state in the state bucket."""
         return f"{self.stack_name(cycle)}/terraform.tfstate"
+
+    @property
+    def local_state_file(self) -> str:
+        """The state stack's own state, which cannot live in the bucket it creates: a local
+        file of this name next to the output directory (cdktf.out/), i.e. the repository root."""
+        return f"{self.stack_name(names.STATE_CYCLE)}.tfstate"
 
     @property
     def alb_scheme(self) -> str:
@@ -717,7 +772,7 @@ class Config(_Model):
         return self.auth.mode == "none"
 
 
-def _format(err: Any) -> str:
+def _format(err: ErrorDetails) -> str:
     # A key is echoed like a value: bounded (a hostile file may hold kilobyte-long keys).
     loc = ".".join(str(p) if len(str(p)) <= _ECHO_LIMIT else show(p) for p in err["loc"]) or "(top level)"
     kind = err["type"]
@@ -727,7 +782,7 @@ def _format(err: Any) -> str:
     if kind == "missing":
         return f"{loc}: required key is missing; fix: add it (see config/default.yaml)"
     if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
+        msg = msg[len("Value error, ") :]
     elif "fix:" not in msg:
         msg = f"{msg}; fix: give a value of the right type (see config/default.yaml)"
     # A validator that found several problems reports them one per line. Cross-key errors of
@@ -748,7 +803,9 @@ def parse_config(data: Any, *, source: str = "config") -> Config:
     except ValidationError as exc:
         raise ConfigError([line for e in exc.errors() for line in _format(e).split("\n")]) from None
     except (ValueError, TypeError, RecursionError) as exc:  # a validator met a value no rule foresaw
-        raise ConfigError([f"{source}: invalid value ({type(exc).__name__}); fix: start from config/default.yaml"]) from None
+        raise ConfigError(
+            [f"{source}: invalid value ({type(exc).__name__}); fix: start from config/default.yaml"]
+        ) from None
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -758,7 +815,7 @@ class _StrictLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            key = self.construct_object(key_node, deep=True)
             try:
                 hash(key)
             except TypeError:
@@ -809,14 +866,18 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     except OSError as exc:
         raise ConfigError([f"{name}: cannot read ({exc.strerror}); fix: pass an existing file with --config"]) from None
     if len(raw) > 1_000_000:
-        raise ConfigError([f"{name}: {len(raw)} bytes is far too large for a configuration; fix: start from config/default.yaml"])
+        raise ConfigError(
+            [f"{name}: {len(raw)} bytes is far too large for a configuration; fix: start from config/default.yaml"]
+        )
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{name}: not UTF-8 (byte {exc.start}); fix: save the file as UTF-8"]) from None
     try:
         if _too_deep(text):
-            raise ConfigError([f"{name}: nested more than {_MAX_DEPTH} levels deep; fix: start from config/default.yaml"])
+            raise ConfigError(
+                [f"{name}: nested more than {_MAX_DEPTH} levels deep; fix: start from config/default.yaml"]
+            )
         data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except ConfigError:
         raise
@@ -824,5 +885,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         raise ConfigError([f"{name}: not valid YAML ({_yaml_problem(exc)}); fix: correct the syntax"]) from None
     except (ValueError, RecursionError, OverflowError, MemoryError) as exc:
         # e.g. an integer of thousands of digits (Python's int() refuses it)
-        raise ConfigError([f"{name}: a value cannot be read ({' '.join(str(exc).split())[:120]}); fix: correct it"]) from None
+        raise ConfigError(
+            [f"{name}: a value cannot be read ({' '.join(str(exc).split())[:120]}); fix: correct it"]
+        ) from None
     return parse_config(data, source=name)

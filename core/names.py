@@ -7,6 +7,22 @@ and the Kubernetes workload. Change a name here and every consumer follows.
 
 from __future__ import annotations
 
+from core import rules
+
+# The domain of this product's own tag and label keys (EC2 and ALB tags, Kubernetes node
+# labels). The configuration refuses user tags under it (a user tag could steer SSM targeting).
+KEY_PREFIX = "comfyui.io/"
+
+# --- Stacks ----------------------------------------------------------------------------
+# The deployment cycles, in deployment order (destroy goes the other way): one stack each,
+# named <project>-<cycle> (Config.stack_name). The state stack keeps its own state in a local
+# file (Config.local_state_file); the others keep theirs in its bucket.
+STATE_CYCLE = "state"
+PLATFORM_CYCLE = "platform"
+WORKLOAD_CYCLE = "workload"
+EDGE_CYCLE = "edge"
+CYCLES = (STATE_CYCLE, PLATFORM_CYCLE, WORKLOAD_CYCLE, EDGE_CYCLE)
+
 # --- GPU node local model cache -------------------------------------------------------
 # Mount point of the NVMe instance store (RAID0 of all instance-store disks).
 NODE_CACHE_ROOT = "/mnt/comfyui-cache"
@@ -47,9 +63,15 @@ METRIC_CLUSTER_DIMENSION = "ClusterName"
 # --- Tags on GPU instances (set by the Karpenter EC2NodeClass) ------------------------
 # The model-sync Lambda targets instances by these tags when the command runs, and its
 # IAM policy only allows ssm:SendCommand on instances carrying the cluster tag.
-NODE_CLUSTER_TAG_KEY = "comfyui.io/cluster"
-NODE_ROLE_TAG_KEY = "comfyui.io/node-role"
+NODE_CLUSTER_TAG_KEY = f"{KEY_PREFIX}cluster"
+# Also the Kubernetes node label that tells GPU nodes from the system node group's nodes
+# (where the controllers run).
+NODE_ROLE_TAG_KEY = f"{KEY_PREFIX}node-role"
 NODE_ROLE_GPU = "gpu"
+NODE_ROLE_SYSTEM = "system"
+# Karpenter's EC2NodeClass finds the GPU nodes' subnets and security group by this tag (value:
+# the cluster name), which the network and the cluster set on them.
+KARPENTER_DISCOVERY_TAG_KEY = "karpenter.sh/discovery"
 
 # --- Kubernetes ------------------------------------------------------------------------
 GPU_NODEPOOL_NAME = "gpu"
@@ -62,7 +84,10 @@ COMFYUI_SERVICE_ACCOUNT = "comfyui"
 COMFYUI_UID = 10001
 COMFYUI_GID = 10001
 COMFYUI_PORT = 8188
-KARPENTER_NAMESPACE = "kube-system"
+# Where the cluster's controllers run (Karpenter, the load balancer controller, the Mountpoint
+# S3 CSI driver).
+SYSTEM_NAMESPACE = "kube-system"
+KARPENTER_NAMESPACE = SYSTEM_NAMESPACE
 KARPENTER_SERVICE_ACCOUNT = "karpenter"
 # KEDA (chart kedacore/keda): its operator reads the job queue through EKS Pod Identity.
 KEDA_NAMESPACE = "keda"
@@ -70,7 +95,7 @@ KEDA_OPERATOR_SERVICE_ACCOUNT = "keda-operator"
 
 # --- Edge ------------------------------------------------------------------------------
 # The ingress sets this tag on the ALB; the edge stack finds the ALB by it.
-ALB_TAG_KEY = "comfyui.io/alb"
+ALB_TAG_KEY = f"{KEY_PREFIX}alb"
 
 # --- Model sync ------------------------------------------------------------------------
 # Environment variable names shared by the Lambda's Terraform and its code.
@@ -106,4 +131,6 @@ def script_variables(*, models_bucket: str, region: str) -> dict[str, str]:
         "METRICS_NAMESPACE": METRICS_NAMESPACE,
         "CACHE_DEADLINE_METRIC": CACHE_DEADLINE_METRIC,
         "METRIC_CLUSTER_DIMENSION": METRIC_CLUSTER_DIMENSION,
+        # The sync script checks every MODEL_PREFIXES entry against the configuration's rule.
+        "MODEL_PREFIX_PATTERN": rules.MODEL_PREFIX_ERE,
     }

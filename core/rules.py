@@ -16,6 +16,11 @@ REGION = re.compile(r"[a-z]{2}(?:-gov|-iso[a-z]?)?-[a-z]+-[1-9][0-9]?", re.ASCII
 LONGEST_REGION = 14
 ACCOUNT_ID = re.compile(r"[0-9]{12}", re.ASCII)
 
+
+def is_region(name: str) -> bool:
+    return bool(REGION.fullmatch(name)) and len(name) <= LONGEST_REGION
+
+
 # S3 bucket names (general purpose buckets): 3-63 of a-z, 0-9, '.', '-', letter or digit at
 # both ends, no '..', not an IP address, none of the reserved prefixes and suffixes.
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", re.ASCII)
@@ -38,6 +43,13 @@ def is_bucket_name(name: str) -> bool:
 # scripts all use this canonical form. The folder name: letters, digits, '_', '.', '-', not
 # starting with '.' or '-' (so never '.', '..' or an option-looking word).
 MODEL_PREFIX = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}/", re.ASCII)
+# The same rule for the node scripts, rendered into their environment (MODEL_PREFIX_PATTERN):
+# anchored, as a POSIX extended regular expression that bash's `[[ =~ ]]` matches in the C
+# locale. MODEL_PREFIX uses only syntax both dialects read alike: tests/test_rules.py runs the
+# sync script's own check against this rule on random strings. The model-sync Lambda keeps a
+# copy of MODEL_PREFIX (its package cannot import core); tests/test_model_sync_lambda.py keeps
+# the two equal.
+MODEL_PREFIX_ERE = f"^{MODEL_PREFIX.pattern}$"
 
 
 def is_model_prefix(prefix: str) -> bool:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from constructs import Construct
 from cdktf_cdktf_provider_aws.cognito_user_pool import (
     CognitoUserPool,
     CognitoUserPoolAdminCreateUserConfig,
@@ -12,6 +11,7 @@ from cdktf_cdktf_provider_aws.cognito_user_pool import (
 )
 from cdktf_cdktf_provider_aws.cognito_user_pool_client import CognitoUserPoolClient
 from cdktf_cdktf_provider_aws.cognito_user_pool_domain import CognitoUserPoolDomain
+from constructs import Construct
 
 
 class CognitoAuth(Construct):

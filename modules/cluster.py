@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from cdktf import TerraformHclModule
 from constructs import Construct
+
+from core import names
 
 EKS_MODULE_SOURCE = "terraform-aws-modules/eks/aws"
 # v21.12+ needs aws >= 6.28, but the prebuilt bindings pin aws 6.25.0 exactly; v21.11.0
@@ -16,7 +19,8 @@ EKS_MODULE_SOURCE = "terraform-aws-modules/eks/aws"
 EKS_MODULE_VERSION = "21.11.0"
 
 CONTROL_PLANE_LOG_TYPES = ("api", "audit", "authenticator", "controllerManager", "scheduler")
-SYSTEM_NODE_LABEL = {"comfyui.io/node-role": "system"}
+# The system node group's nodes, where the controllers run (GPU nodes carry the same key).
+SYSTEM_NODE_LABEL = {names.NODE_ROLE_TAG_KEY: names.NODE_ROLE_SYSTEM}
 # IMDSv2 only, and a hop limit of 1 so pods cannot reach the node's instance credentials
 # (every controller here gets its own credentials through EKS Pod Identity instead).
 NODE_METADATA_OPTIONS = {
@@ -92,16 +96,18 @@ class Cluster(Construct):
                 "endpoint_private_access": True,
                 **({"endpoint_public_access_cidrs": list(public_access_cidrs)} if public_access_cidrs else {}),
                 **(
-                    {"security_group_additional_rules": {
-                        "api_from_private_cidrs": {
-                            "description": "Kubernetes API from peered networks and VPN clients",
-                            "protocol": "tcp",
-                            "from_port": 443,
-                            "to_port": 443,
-                            "type": "ingress",
-                            "cidr_blocks": list(private_access_cidrs),
+                    {
+                        "security_group_additional_rules": {
+                            "api_from_private_cidrs": {
+                                "description": "Kubernetes API from peered networks and VPN clients",
+                                "protocol": "tcp",
+                                "from_port": 443,
+                                "to_port": 443,
+                                "type": "ingress",
+                                "cidr_blocks": list(private_access_cidrs),
+                            }
                         }
-                    }}
+                    }
                     if private_access_cidrs
                     else {}
                 ),
@@ -151,7 +157,7 @@ class Cluster(Construct):
                     }
                 },
                 # Karpenter's EC2NodeClass selects the node security group by this tag.
-                "node_security_group_tags": {"karpenter.sh/discovery": name},
+                "node_security_group_tags": {names.KARPENTER_DISCOVERY_TAG_KEY: name},
             },
         )
         self.cluster_name = self.eks.get_string("cluster_name")

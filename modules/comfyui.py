@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import posixpath
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from core import names
 from modules.karpenter import GPU_NODE_LABEL
@@ -166,7 +167,7 @@ def job_runner_container(*, image: str, runner: JobRunnerSettings) -> dict[str, 
         # Restarted when its loop stops beating (a wedged call, a deadlock). The loop beats at
         # least every long poll (20 s) and, during a job, every lease-keeper tick.
         "livenessProbe": {
-            "exec": {"command": ["/bin/sh", "-c", f"test -n \"$(find {RUNNER_HEARTBEAT} -mmin -5)\""]},
+            "exec": {"command": ["/bin/sh", "-c", f'test -n "$(find {RUNNER_HEARTBEAT} -mmin -5)"']},
             "initialDelaySeconds": 60,
             "periodSeconds": 60,
             "failureThreshold": 3,
@@ -213,7 +214,9 @@ def runner_role_binding() -> dict[str, Any]:
         "kind": "RoleBinding",
         "metadata": _meta(RUNNER_ROLE),
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": RUNNER_ROLE},
-        "subjects": [{"kind": "ServiceAccount", "name": names.COMFYUI_SERVICE_ACCOUNT, "namespace": names.COMFYUI_NAMESPACE}],
+        "subjects": [
+            {"kind": "ServiceAccount", "name": names.COMFYUI_SERVICE_ACCOUNT, "namespace": names.COMFYUI_NAMESPACE}
+        ],
     }
 
 
@@ -317,9 +320,19 @@ def deployment(*, image: str, model_cache_wait_seconds: int, runner: JobRunnerSe
                                 "failureThreshold": STARTUP_FAILURES,
                                 "timeoutSeconds": 5,
                             },
-                            "readinessProbe": {**http_probe, "periodSeconds": 10, "failureThreshold": 3, "timeoutSeconds": 5},
+                            "readinessProbe": {
+                                **http_probe,
+                                "periodSeconds": 10,
+                                "failureThreshold": 3,
+                                "timeoutSeconds": 5,
+                            },
                             # Generous: a long generation keeps the event loop busy, not dead.
-                            "livenessProbe": {**http_probe, "periodSeconds": 30, "failureThreshold": 10, "timeoutSeconds": 10},
+                            "livenessProbe": {
+                                **http_probe,
+                                "periodSeconds": 30,
+                                "failureThreshold": 10,
+                                "timeoutSeconds": 10,
+                            },
                             "lifecycle": {
                                 "preStop": {
                                     "exec": {
@@ -346,7 +359,10 @@ def deployment(*, image: str, model_cache_wait_seconds: int, runner: JobRunnerSe
                     ],
                     "volumes": [
                         {"name": "models", "hostPath": {"path": names.MODELS_PATH, "type": "Directory"}},
-                        {"name": "node-cache", "hostPath": {"path": names.NODE_CACHE_ROOT, "type": "DirectoryOrCreate"}},
+                        {
+                            "name": "node-cache",
+                            "hostPath": {"path": names.NODE_CACHE_ROOT, "type": "DirectoryOrCreate"},
+                        },
                         {"name": "local-outputs", "emptyDir": {"sizeLimit": "50Gi"}},
                         {"name": "scratch", "emptyDir": {"sizeLimit": "20Gi"}},
                         {"name": "tmp", "emptyDir": {"sizeLimit": "5Gi"}},
@@ -381,7 +397,9 @@ def ingress(settings: IngressSettings) -> dict[str, Any]:
         "alb.ingress.kubernetes.io/scheme": settings.scheme,
         "alb.ingress.kubernetes.io/target-type": "ip",
         "alb.ingress.kubernetes.io/healthcheck-path": HEALTH_PATH,
-        "alb.ingress.kubernetes.io/load-balancer-attributes": f"idle_timeout.timeout_seconds={ALB_IDLE_TIMEOUT_SECONDS}",
+        "alb.ingress.kubernetes.io/load-balancer-attributes": (
+            f"idle_timeout.timeout_seconds={ALB_IDLE_TIMEOUT_SECONDS}"
+        ),
         "alb.ingress.kubernetes.io/target-group-attributes": (
             f"stickiness.enabled=true,stickiness.lb_cookie.duration_seconds={STICKY_SECONDS}"
         ),
@@ -416,7 +434,11 @@ def ingress(settings: IngressSettings) -> dict[str, Any]:
     rule: dict[str, Any] = {
         "http": {
             "paths": [
-                {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "comfyui", "port": {"name": "http"}}}}
+                {
+                    "path": "/",
+                    "pathType": "Prefix",
+                    "backend": {"service": {"name": "comfyui", "port": {"name": "http"}}},
+                }
             ]
         }
     }

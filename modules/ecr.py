@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 
-from constructs import Construct
 from cdktf_cdktf_provider_aws.ecr_lifecycle_policy import EcrLifecyclePolicy
 from cdktf_cdktf_provider_aws.ecr_repository import (
     EcrRepository,
     EcrRepositoryEncryptionConfiguration,
     EcrRepositoryImageScanningConfiguration,
 )
+from constructs import Construct
 
 
 def lifecycle_policy(*, keep_images: int, deployed_tag: str) -> str:
@@ -67,7 +67,12 @@ class ImageRepository(Construct):
             image_scanning_configuration=EcrRepositoryImageScanningConfiguration(scan_on_push=True),
             encryption_configuration=[EcrRepositoryEncryptionConfiguration(encryption_type="KMS", kms_key=kms_key_arn)],
         )
-        EcrLifecyclePolicy(self, "lifecycle", repository=repo.name, policy=lifecycle_policy(keep_images=keep_images, deployed_tag=deployed_tag))
+        EcrLifecyclePolicy(
+            self,
+            "lifecycle",
+            repository=repo.name,
+            policy=lifecycle_policy(keep_images=keep_images, deployed_tag=deployed_tag),
+        )
         self.repository_name = repo.name
         self.repository_url = repo.repository_url
         self.repository_arn = repo.arn

@@ -9,8 +9,8 @@ the ALB's HTTPS listener) still applies. The ALB is found by the tag the Ingress
 from __future__ import annotations
 
 import json
+from typing import Any
 
-from constructs import Construct
 from cdktf_cdktf_provider_aws.cloudfront_distribution import (
     CloudfrontDistribution,
     CloudfrontDistributionDefaultCacheBehavior,
@@ -20,11 +20,6 @@ from cdktf_cdktf_provider_aws.cloudfront_distribution import (
     CloudfrontDistributionRestrictionsGeoRestriction,
     CloudfrontDistributionViewerCertificate,
 )
-from cdktf_cdktf_provider_aws.cloudfront_vpc_origin import (
-    CloudfrontVpcOrigin,
-    CloudfrontVpcOriginVpcOriginEndpointConfig,
-    CloudfrontVpcOriginVpcOriginEndpointConfigOriginSslProtocols,
-)
 from cdktf_cdktf_provider_aws.cloudfront_response_headers_policy import (
     CloudfrontResponseHeadersPolicy,
     CloudfrontResponseHeadersPolicySecurityHeadersConfig,
@@ -33,19 +28,25 @@ from cdktf_cdktf_provider_aws.cloudfront_response_headers_policy import (
     CloudfrontResponseHeadersPolicySecurityHeadersConfigReferrerPolicy,
     CloudfrontResponseHeadersPolicySecurityHeadersConfigStrictTransportSecurity,
 )
+from cdktf_cdktf_provider_aws.cloudfront_vpc_origin import (
+    CloudfrontVpcOrigin,
+    CloudfrontVpcOriginVpcOriginEndpointConfig,
+    CloudfrontVpcOriginVpcOriginEndpointConfigOriginSslProtocols,
+)
 from cdktf_cdktf_provider_aws.cloudwatch_log_group import CloudwatchLogGroup
 from cdktf_cdktf_provider_aws.data_aws_lb import DataAwsLb
-from cdktf_cdktf_provider_aws.wafv2_web_acl_logging_configuration import (
-    Wafv2WebAclLoggingConfiguration,
-    Wafv2WebAclLoggingConfigurationRedactedFields,
-    Wafv2WebAclLoggingConfigurationRedactedFieldsSingleHeader,
-)
 from cdktf_cdktf_provider_aws.wafv2_web_acl import (
     Wafv2WebAcl,
     Wafv2WebAclDefaultAction,
     Wafv2WebAclDefaultActionAllow,
     Wafv2WebAclVisibilityConfig,
 )
+from cdktf_cdktf_provider_aws.wafv2_web_acl_logging_configuration import (
+    Wafv2WebAclLoggingConfiguration,
+    Wafv2WebAclLoggingConfigurationRedactedFields,
+    Wafv2WebAclLoggingConfigurationRedactedFieldsSingleHeader,
+)
+from constructs import Construct
 
 from core import names
 from modules.kms import EncryptionKey
@@ -57,8 +58,8 @@ ALL_METHODS = ["GET", "HEAD", "OPTIONS", "PUT", "POST", "PATCH", "DELETE"]
 ORIGIN_ID = "comfyui-alb"
 
 
-def _managed_rule(name: str, priority: int, *, count_rules: tuple[str, ...] = ()) -> dict:
-    statement: dict = {"ManagedRuleGroupStatement": {"VendorName": "AWS", "Name": name}}
+def _managed_rule(name: str, priority: int, *, count_rules: tuple[str, ...] = ()) -> dict[str, Any]:
+    statement: dict[str, Any] = {"ManagedRuleGroupStatement": {"VendorName": "AWS", "Name": name}}
     if count_rules:
         statement["ManagedRuleGroupStatement"]["RuleActionOverrides"] = [
             {"Name": r, "ActionToUse": {"Count": {}}} for r in count_rules
@@ -90,7 +91,11 @@ def waf_rules(rate_limit_per_5_min: int) -> str:
             "Priority": 40,
             "Statement": {"RateBasedStatement": {"Limit": rate_limit_per_5_min, "AggregateKeyType": "IP"}},
             "Action": {"Block": {}},
-            "VisibilityConfig": {"SampledRequestsEnabled": True, "CloudWatchMetricsEnabled": True, "MetricName": "rate-limit-per-ip"},
+            "VisibilityConfig": {
+                "SampledRequestsEnabled": True,
+                "CloudWatchMetricsEnabled": True,
+                "MetricName": "rate-limit-per-ip",
+            },
         },
     ]
     return json.dumps(rules, sort_keys=True)
@@ -213,7 +218,9 @@ class Edge(Construct):
                 strict_transport_security=CloudfrontResponseHeadersPolicySecurityHeadersConfigStrictTransportSecurity(
                     access_control_max_age_sec=31536000, include_subdomains=True, preload=True, override=True
                 ),
-                content_type_options=CloudfrontResponseHeadersPolicySecurityHeadersConfigContentTypeOptions(override=True),
+                content_type_options=CloudfrontResponseHeadersPolicySecurityHeadersConfigContentTypeOptions(
+                    override=True
+                ),
                 frame_options=CloudfrontResponseHeadersPolicySecurityHeadersConfigFrameOptions(
                     frame_option="SAMEORIGIN", override=True
                 ),
@@ -259,7 +266,9 @@ class Edge(Construct):
                 geo_restriction=CloudfrontDistributionRestrictionsGeoRestriction(restriction_type="none")
             ),
             viewer_certificate=CloudfrontDistributionViewerCertificate(
-                acm_certificate_arn=certificate_arn, ssl_support_method="sni-only", minimum_protocol_version="TLSv1.2_2021"
+                acm_certificate_arn=certificate_arn,
+                ssl_support_method="sni-only",
+                minimum_protocol_version="TLSv1.2_2021",
             ),
         )
         self.distribution_domain_name = distribution.domain_name

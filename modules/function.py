@@ -4,11 +4,10 @@ statements (plus its logs), environment encrypted with the data key, arm64."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from cdktf import AssetType, TerraformAsset, TerraformStack
-from constructs import Construct
 from cdktf_cdktf_provider_aws.cloudwatch_log_group import CloudwatchLogGroup
 from cdktf_cdktf_provider_aws.iam_role import IamRole
 from cdktf_cdktf_provider_aws.iam_role_policy import IamRolePolicy
@@ -17,6 +16,7 @@ from cdktf_cdktf_provider_aws.lambda_function import (
     LambdaFunctionEnvironment,
     LambdaFunctionTracingConfig,
 )
+from constructs import Construct
 
 from modules.iam import Condition, Statement, assume_role_policy, policy_document
 from modules.lambda_package import build_zip
@@ -59,12 +59,18 @@ class PythonFunction(Construct):
         permissions = policy_document(
             self,
             "policy_document",
-            Statement(sid="WriteLogs", actions=["logs:CreateLogStream", "logs:PutLogEvents"], resources=[f"{log_group.arn}:*"]),
+            Statement(
+                sid="WriteLogs", actions=["logs:CreateLogStream", "logs:PutLogEvents"], resources=[f"{log_group.arn}:*"]
+            ),
             Statement(
                 sid="DecryptEnvironment",
                 actions=["kms:Decrypt"],
                 resources=[kms_key_arn],
-                conditions=(Condition(test="StringEquals", variable="kms:ViaService", values=[f"lambda.{region}.amazonaws.com"]),),
+                conditions=(
+                    Condition(
+                        test="StringEquals", variable="kms:ViaService", values=[f"lambda.{region}.amazonaws.com"]
+                    ),
+                ),
             ),
             *statements,
         )

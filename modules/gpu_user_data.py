@@ -26,7 +26,7 @@ import re
 import shlex
 from pathlib import Path
 
-from core import names
+from core import names, rules
 
 SCRIPTS_DIR = Path(__file__).resolve().parent / "scripts"
 SETUP_SCRIPT = SCRIPTS_DIR / "gpu-node-setup.sh"
@@ -48,15 +48,11 @@ USER_DATA_BUDGET_BYTES = 12_000
 DEFAULT_CACHE_DEADLINE_SECONDS = 3600
 CACHE_DEADLINE_RANGE = range(60, 7 * 24 * 3600 + 1)
 
-# S3 bucket naming rules (lower case, digits, dots, hyphens; 3-63 characters). Also
-# rejects unresolved Terraform/cdktf tokens: the name is needed as a literal here.
-_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-_REGION_RE = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]+")
+# The bucket name and the region are checked with core.rules, which also rejects unresolved
+# Terraform/cdktf tokens: the values are needed as literals here.
 # EKS cluster names (1-100 characters). The name is a metric dimension value in the
 # deadline script's `put-metric-data --dimensions ClusterName=<name>`: no ',', '=' or spaces.
 _CLUSTER_RE = re.compile(r"[0-9A-Za-z][A-Za-z0-9_-]{0,99}")
-# One top-level folder of the bucket; the sync script maps it to MODELS_PATH/<folder>.
-_PREFIX_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*/?")
 
 
 def escape_terraform(text: str) -> str:
@@ -72,18 +68,16 @@ def escape_terraform(text: str) -> str:
     return text.replace("${", "$${").replace("%{", "%%{")
 
 
-def _normalise_prefixes(model_prefixes: tuple[str, ...]) -> str:
-    """Validate the folder prefixes and join them the way the scripts read them."""
-    normalised = []
+def _prefix_words(model_prefixes: tuple[str, ...]) -> str:
+    """The model prefixes, in their canonical form (core.rules.MODEL_PREFIX), space-separated
+    the way the sync script reads them (it checks each one against the same rule)."""
     for prefix in model_prefixes:
-        candidate = prefix.strip("/")
-        if not _PREFIX_RE.fullmatch(prefix.lstrip("/")) or candidate in ("", ".", ".."):
+        if not rules.is_model_prefix(prefix):
             raise ValueError(
-                f"model prefix {prefix!r} must be one top-level folder of the bucket, "
+                f"model prefix {prefix!r} must be one top-level folder of the bucket with its trailing '/', "
                 "such as 'checkpoints/' (letters, digits, '.', '_', '-')"
             )
-        normalised.append(candidate + "/")
-    return " ".join(normalised)
+    return " ".join(model_prefixes)
 
 
 # The start of a heredoc (`<<WORD`, `<<'WORD'`, `<<"WORD"`; not a `<<<` here-string).
@@ -129,7 +123,7 @@ def _embed(scripts: list[tuple[Path, str]]) -> str:
     parts = [shipped_script(path) for path, _ in scripts]
     encoded = base64.encodebytes(gzip.compress(b"".join(parts), compresslevel=9, mtime=0)).decode("ascii")
     bundle = shlex.quote(str(BUNDLE_PATH))
-    split = "".join(f"  head -c {len(data)} >{target}\n" for data, (_, target) in zip(parts, scripts))
+    split = "".join(f"  head -c {len(data)} >{target}\n" for data, (_, target) in zip(parts, scripts, strict=True))
     return (
         f"base64 -d <<'{HEREDOC_DELIMITER}' | gunzip -c >{bundle}\n{encoded}{HEREDOC_DELIMITER}\n"
         f"{{\n{split}}} <{bundle}\n"
@@ -147,18 +141,19 @@ def render_gpu_user_data(
 ) -> str:
     """Render the GPU nodes' MIME multi-part user-data (see the module docstring).
 
-    `model_prefixes` limits the cache to those top-level folders of the bucket; an empty
-    tuple caches the whole bucket. `cluster_name` is the dimension of the deadline metric;
+    `model_prefixes` limits the cache to those top-level folders of the bucket, each in its
+    canonical form ("checkpoints/", core.rules.MODEL_PREFIX); an empty tuple caches the whole
+    bucket. `cluster_name` is the dimension of the deadline metric;
     `cache_deadline_seconds` is how long after boot a node may take to complete its cache
     before it powers itself off. Raises ValueError for values the node scripts could not
     use safely (an unresolved token instead of a bucket name, a nested or odd prefix).
     """
-    if not _BUCKET_RE.fullmatch(models_bucket):
+    if not rules.is_bucket_name(models_bucket):
         raise ValueError(
             f"models_bucket {models_bucket!r} is not a literal S3 bucket name "
             "(the user-data needs the concrete name, not a Terraform reference)"
         )
-    if not _REGION_RE.fullmatch(region):
+    if not rules.is_region(region):
         raise ValueError(f"region {region!r} is not an AWS region name such as 'us-west-2'")
 
     if not _CLUSTER_RE.fullmatch(cluster_name):
@@ -170,7 +165,7 @@ def render_gpu_user_data(
         )
 
     variables = names.script_variables(models_bucket=models_bucket, region=region)
-    variables["MODEL_PREFIXES"] = _normalise_prefixes(model_prefixes)
+    variables["MODEL_PREFIXES"] = _prefix_words(model_prefixes)
     variables["CLUSTER_NAME"] = cluster_name
     variables["CACHE_DEADLINE_SECONDS"] = str(cache_deadline_seconds)
     exports = "".join(f"export {key}={shlex.quote(value)}\n" for key, value in variables.items())
@@ -186,7 +181,8 @@ def render_gpu_user_data(
         "# EC2 caps user-data at 16 KiB (and Karpenter adds its NodeConfig part), so the\n"
         "# scripts travel gzip-compressed and base64-encoded, and are unpacked here.\n"
         'mkdir -p -- "$(dirname -- "${SYNC_SCRIPT_PATH}")" "$(dirname -- "${CACHE_DEADLINE_SCRIPT_PATH}")" '
-        + shlex.quote(str(SETUP_INSTALL_PATH.parent)) + "\n"
+        + shlex.quote(str(SETUP_INSTALL_PATH.parent))
+        + "\n"
         + _embed(
             [
                 (SYNC_SCRIPT, '"${SYNC_SCRIPT_PATH}"'),

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 from cdktf import AssetType, TerraformAsset, TerraformStack
@@ -23,8 +24,10 @@ def manifests_chart(scope: Construct) -> str:
     """The manifests chart's path in the stack's assets (copied once per stack)."""
     stack = TerraformStack.of(scope)
     existing = stack.node.try_find_child("manifests_chart")
-    asset = existing if isinstance(existing, TerraformAsset) else TerraformAsset(
-        stack, "manifests_chart", path=str(MANIFESTS_CHART), type=AssetType.DIRECTORY
+    asset = (
+        existing
+        if isinstance(existing, TerraformAsset)
+        else TerraformAsset(stack, "manifests_chart", path=str(MANIFESTS_CHART), type=AssetType.DIRECTORY)
     )
     return asset.path
 

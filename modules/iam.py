@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any
 
-from constructs import Construct
 from cdktf_cdktf_provider_aws.data_aws_iam_policy_document import (
     DataAwsIamPolicyDocument,
     DataAwsIamPolicyDocumentStatement,
     DataAwsIamPolicyDocumentStatementCondition,
     DataAwsIamPolicyDocumentStatementPrincipals,
 )
+from constructs import Construct
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ def policy_json(*statements: Statement) -> str:
     aws_iam_policy_document data source."""
     rendered = []
     for s in statements:
-        block: dict = {"Sid": s.sid, "Effect": s.effect, "Action": list(s.actions)}
+        block: dict[str, Any] = {"Sid": s.sid, "Effect": s.effect, "Action": list(s.actions)}
         if s.resources:
             block["Resource"] = list(s.resources)
         if s.principals:
@@ -86,13 +87,17 @@ def policy_json(*statements: Statement) -> str:
     return json.dumps({"Version": "2012-10-17", "Statement": rendered}, sort_keys=True)
 
 
-def assume_role_policy(scope: Construct, id_: str, *, service: str, pod_identity: bool = False) -> DataAwsIamPolicyDocument:
+def assume_role_policy(
+    scope: Construct, id_: str, *, service: str, pod_identity: bool = False
+) -> DataAwsIamPolicyDocument:
     """Trust policy for an AWS service principal (EKS Pod Identity needs sts:TagSession too)."""
     actions = ["sts:AssumeRole", "sts:TagSession"] if pod_identity else ["sts:AssumeRole"]
     return policy_document(
         scope,
         id_,
-        Statement(sid="Trust", actions=actions, resources=(), principals=(Principal(type="Service", identifiers=[service]),)),
+        Statement(
+            sid="Trust", actions=actions, resources=(), principals=(Principal(type="Service", identifiers=[service]),)
+        ),
     )
 
 
@@ -120,7 +125,9 @@ def pod_identity_trust(
                 Condition(test="StringEquals", variable="aws:SourceAccount", values=[account_id]),
                 Condition(test="StringEquals", variable="aws:RequestTag/eks-cluster-arn", values=[cluster_arn]),
                 Condition(test="StringEquals", variable="aws:RequestTag/kubernetes-namespace", values=[namespace]),
-                Condition(test="StringEquals", variable="aws:RequestTag/kubernetes-service-account", values=[service_account]),
+                Condition(
+                    test="StringEquals", variable="aws:RequestTag/kubernetes-service-account", values=[service_account]
+                ),
             ),
         ),
     )

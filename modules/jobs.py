@@ -19,7 +19,6 @@ from pathlib import Path
 from types import ModuleType
 
 from cdktf import TerraformResourceLifecycle
-from constructs import Construct
 from cdktf_cdktf_provider_aws.apigatewayv2_api import Apigatewayv2Api
 from cdktf_cdktf_provider_aws.apigatewayv2_integration import Apigatewayv2Integration
 from cdktf_cdktf_provider_aws.apigatewayv2_route import Apigatewayv2Route
@@ -53,10 +52,11 @@ from cdktf_cdktf_provider_aws.secretsmanager_secret import SecretsmanagerSecret
 from cdktf_cdktf_provider_aws.secretsmanager_secret_version import SecretsmanagerSecretVersion
 from cdktf_cdktf_provider_aws.sqs_queue import SqsQueue
 from cdktf_cdktf_provider_aws.sqs_queue_policy import SqsQueuePolicy
+from constructs import Construct
 
 from core import names
 from modules.function import PythonFunction
-from modules.iam import Condition, Principal, Statement, policy_document, pod_identity_trust
+from modules.iam import Condition, Principal, Statement, pod_identity_trust, policy_document
 
 JOBS_SOURCE = Path(__file__).resolve().parent.parent / "lambda_src" / "jobs"
 # API Gateway's HTTP API integration timeout is 30 s at most.
@@ -156,7 +156,9 @@ class JobStore(Construct):
         )
         # Generated once: the data source returns a new value on every plan, which the
         # version ignores after creation. Rotate with `aws secretsmanager put-secret-value`.
-        password = DataAwsSecretsmanagerRandomPassword(self, "webhook_secret_value", password_length=64, exclude_punctuation=True)
+        password = DataAwsSecretsmanagerRandomPassword(
+            self, "webhook_secret_value", password_length=64, exclude_punctuation=True
+        )
         SecretsmanagerSecretVersion(
             self,
             "webhook_secret_version",
@@ -225,13 +227,21 @@ class JobsApi(Construct):
                 ),
                 Statement(sid="EnqueueJobs", actions=["sqs:SendMessage"], resources=[store.queue.arn]),
                 # Inline images, large workflows and copies of the caller's input keys.
-                Statement(sid="JobInputs", actions=["s3:PutObject"], resources=[f"{inputs_bucket_arn}/jobs/*"]),
+                Statement(
+                    sid="JobInputs",
+                    actions=["s3:PutObject"],
+                    resources=[f"{inputs_bucket_arn}/{contract.JOBS_PREFIX}*"],
+                ),
                 # HEAD and copy of an input image a caller names by key (it must exist).
                 Statement(sid="ReadCallerInputs", actions=["s3:GetObject"], resources=[f"{inputs_bucket_arn}/*"]),
                 # Without it a missing key is a 403 instead of a 404 (treated alike).
                 Statement(sid="ListInputs", actions=["s3:ListBucket"], resources=[inputs_bucket_arn]),
                 # Presigned output URLs are signed with this role: it must read them itself.
-                Statement(sid="PresignOutputs", actions=["s3:GetObject"], resources=[f"{outputs_bucket_arn}/jobs/*"]),
+                Statement(
+                    sid="PresignOutputs",
+                    actions=["s3:GetObject"],
+                    resources=[f"{outputs_bucket_arn}/{contract.JOBS_PREFIX}*"],
+                ),
                 Statement(
                     sid="DataKey",
                     actions=["kms:Decrypt", "kms:GenerateDataKey"],
@@ -256,7 +266,12 @@ class JobsApi(Construct):
                     actions=["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"],
                     resources=[store.dlq.arn],
                 ),
-                Statement(sid="DataKey", actions=["kms:Decrypt"], resources=[kms_key_arn], conditions=(via("sqs", "dynamodb"),)),
+                Statement(
+                    sid="DataKey",
+                    actions=["kms:Decrypt"],
+                    resources=[kms_key_arn],
+                    conditions=(via("sqs", "dynamodb"),),
+                ),
             ],
         )
         LambdaEventSourceMapping(
@@ -284,7 +299,11 @@ class JobsApi(Construct):
                 ),
                 # ListStreams has no resource type ("*" only; Service Authorization Reference).
                 Statement(sid="ListStreams", actions=["dynamodb:ListStreams"]),
-                Statement(sid="PresignOutputs", actions=["s3:GetObject"], resources=[f"{outputs_bucket_arn}/jobs/*"]),
+                Statement(
+                    sid="PresignOutputs",
+                    actions=["s3:GetObject"],
+                    resources=[f"{outputs_bucket_arn}/{contract.JOBS_PREFIX}*"],
+                ),
                 Statement(sid="SigningKey", actions=["secretsmanager:GetSecretValue"], resources=[store.secret.arn]),
                 Statement(
                     sid="DataKey",
@@ -357,7 +376,9 @@ class JobsApi(Construct):
             api_id=self.api.id,
             name="$default",
             auto_deploy=True,
-            default_route_settings=Apigatewayv2StageDefaultRouteSettings(throttling_burst_limit=50, throttling_rate_limit=20),
+            default_route_settings=Apigatewayv2StageDefaultRouteSettings(
+                throttling_burst_limit=50, throttling_rate_limit=20
+            ),
             access_log_settings=Apigatewayv2StageAccessLogSettings(
                 destination_arn=access_logs.arn,
                 format=json.dumps(
@@ -449,8 +470,12 @@ class JobRunnerIdentity(Construct):
             ),
             # Every read and write of a job record is a conditional UpdateItem (the contract).
             Statement(sid="JobRecords", actions=["dynamodb:UpdateItem"], resources=[store.table.arn]),
-            Statement(sid="JobInputs", actions=["s3:GetObject"], resources=[f"{inputs_bucket_arn}/jobs/*"]),
-            Statement(sid="JobOutputs", actions=["s3:PutObject"], resources=[f"{outputs_bucket_arn}/jobs/*"]),
+            Statement(
+                sid="JobInputs", actions=["s3:GetObject"], resources=[f"{inputs_bucket_arn}/{contract.JOBS_PREFIX}*"]
+            ),
+            Statement(
+                sid="JobOutputs", actions=["s3:PutObject"], resources=[f"{outputs_bucket_arn}/{contract.JOBS_PREFIX}*"]
+            ),
             Statement(
                 sid="DataKey",
                 actions=["kms:Decrypt", "kms:GenerateDataKey"],

@@ -3,14 +3,14 @@ the chart, the GPU NodePool/EC2NodeClass and the NVIDIA device plugin in the wor
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from cdktf import TerraformHclModule
-from constructs import Construct
 from cdktf_cdktf_provider_aws.cloudwatch_metric_alarm import CloudwatchMetricAlarm
 from cdktf_cdktf_provider_aws.iam_policy import IamPolicy
 from cdktf_cdktf_provider_helm.release import Release
+from constructs import Construct
 
 from core import names
 from modules.cluster import NODE_METADATA_OPTIONS, SYSTEM_NODE_LABEL
@@ -79,7 +79,9 @@ def gpu_node_statements(*, partition: str, region: str, account_id: str) -> list
         Statement(
             sid="ReportModelCacheDeadline",
             actions=["cloudwatch:PutMetricData"],
-            conditions=(Condition(test="StringEquals", variable="cloudwatch:namespace", values=[names.METRICS_NAMESPACE]),),
+            conditions=(
+                Condition(test="StringEquals", variable="cloudwatch:namespace", values=[names.METRICS_NAMESPACE]),
+            ),
         ),
     ]
 
@@ -87,7 +89,9 @@ def gpu_node_statements(*, partition: str, region: str, account_id: str) -> list
 class GpuNodePolicy(Construct):
     """The GPU node role's own policy (see gpu_node_statements)."""
 
-    def __init__(self, scope: Construct, id_: str, *, project: str, partition: str, region: str, account_id: str) -> None:
+    def __init__(
+        self, scope: Construct, id_: str, *, project: str, partition: str, region: str, account_id: str
+    ) -> None:
         super().__init__(scope, id_)
         document = policy_document(
             self, "document", *gpu_node_statements(partition=partition, region=region, account_id=account_id)
@@ -174,7 +178,11 @@ def karpenter_values(*, cluster_name: str, cluster_endpoint: str, queue_name: st
     return chart_values(
         "karpenter",
         {
-            "settings": {"clusterName": cluster_name, "clusterEndpoint": cluster_endpoint, "interruptionQueue": queue_name},
+            "settings": {
+                "clusterName": cluster_name,
+                "clusterEndpoint": cluster_endpoint,
+                "interruptionQueue": queue_name,
+            },
             "serviceAccount": {"name": names.KARPENTER_SERVICE_ACCOUNT},
             "nodeSelector": dict(SYSTEM_NODE_LABEL),
         },
@@ -205,8 +213,8 @@ def gpu_node_class(
             "amiSelectorTerms": [{"alias": ami_alias}],
             "role": node_role_name,
             # Discovery tags set by the network and cluster constructs (never name globs).
-            "subnetSelectorTerms": [{"tags": {"karpenter.sh/discovery": cluster_name}}],
-            "securityGroupSelectorTerms": [{"tags": {"karpenter.sh/discovery": cluster_name}}],
+            "subnetSelectorTerms": [{"tags": {names.KARPENTER_DISCOVERY_TAG_KEY: cluster_name}}],
+            "securityGroupSelectorTerms": [{"tags": {names.KARPENTER_DISCOVERY_TAG_KEY: cluster_name}}],
             "metadataOptions": {
                 "httpEndpoint": NODE_METADATA_OPTIONS["http_endpoint"],
                 "httpProtocolIPv6": "disabled",
@@ -258,7 +266,11 @@ def gpu_node_pool(
             "template": {
                 "metadata": {"labels": dict(GPU_NODE_LABEL)},
                 "spec": {
-                    "nodeClassRef": {"group": "karpenter.k8s.aws", "kind": "EC2NodeClass", "name": names.GPU_NODECLASS_NAME},
+                    "nodeClassRef": {
+                        "group": "karpenter.k8s.aws",
+                        "kind": "EC2NodeClass",
+                        "name": names.GPU_NODECLASS_NAME,
+                    },
                     "requirements": [
                         {"key": "node.kubernetes.io/instance-type", "operator": "In", "values": list(instance_types)},
                         # Spot first when allowed: Karpenter prefers the cheapest offering.
@@ -315,7 +327,13 @@ class KarpenterCluster(Construct):
             repository=KARPENTER_CHART_REPOSITORY,
             chart="karpenter",
             version=KARPENTER_CHART_VERSION,
-            values=[to_yaml(karpenter_values(cluster_name=cluster_name, cluster_endpoint=cluster_endpoint, queue_name=queue_name))],
+            values=[
+                to_yaml(
+                    karpenter_values(
+                        cluster_name=cluster_name, cluster_endpoint=cluster_endpoint, queue_name=queue_name
+                    )
+                )
+            ],
             wait=True,
             atomic=True,
             cleanup_on_fail=True,

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from cdktf import TerraformResourceLifecycle
-from constructs import Construct
 from cdktf_cdktf_provider_aws.kms_alias import KmsAlias
 from cdktf_cdktf_provider_aws.kms_key import KmsKey
+from constructs import Construct
 
 from modules.iam import Condition, Principal, Statement, policy_json
 
@@ -60,8 +60,12 @@ class EncryptionKey(Construct):
                     # Explicit actions: the encryption-context condition exists only on these
                     # (with Describe* in the same statement, DescribeKey could never match).
                     actions=[
-                        "kms:Encrypt", "kms:Decrypt", "kms:ReEncryptFrom", "kms:ReEncryptTo",
-                        "kms:GenerateDataKey", "kms:GenerateDataKeyWithoutPlaintext",
+                        "kms:Encrypt",
+                        "kms:Decrypt",
+                        "kms:ReEncryptFrom",
+                        "kms:ReEncryptTo",
+                        "kms:GenerateDataKey",
+                        "kms:GenerateDataKeyWithoutPlaintext",
                     ],
                     principals=logs,
                     conditions=(
@@ -73,7 +77,9 @@ class EncryptionKey(Construct):
                     ),
                 )
             )
-            statements.append(Statement(sid=f"CloudWatchLogsDescribe{suffix}", actions=["kms:DescribeKey"], principals=logs))
+            statements.append(
+                Statement(sid=f"CloudWatchLogsDescribe{suffix}", actions=["kms:DescribeKey"], principals=logs)
+            )
         if s3_notifications:
             statements.append(
                 Statement(

@@ -18,22 +18,24 @@ on purpose:
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
-from constructs import Construct
 from cdktf_cdktf_provider_aws.eks_pod_identity_association import EksPodIdentityAssociation
 from cdktf_cdktf_provider_aws.iam_policy import IamPolicy
 from cdktf_cdktf_provider_aws.iam_role import IamRole
 from cdktf_cdktf_provider_aws.iam_role_policy_attachment import IamRolePolicyAttachment
 from cdktf_cdktf_provider_helm.release import Release
+from constructs import Construct
 
+from core import names
 from modules.cluster import SYSTEM_NODE_LABEL
 from modules.helm import chart_values, to_yaml
 from modules.iam import Condition, Statement, pod_identity_trust, policy_document
 
 LBC_CHART_REPOSITORY = "https://aws.github.io/eks-charts"
 LBC_CHART_VERSION = "1.17.0"  # controller v2.17.0
-LBC_NAMESPACE = "kube-system"
+LBC_NAMESPACE = names.SYSTEM_NAMESPACE
 LBC_SERVICE_ACCOUNT = "aws-load-balancer-controller"
 CLUSTER_TAG = "elbv2.k8s.aws/cluster"
 
@@ -51,7 +53,9 @@ def _cluster_tag_unchanged() -> Condition:
     return Condition(test="Null", variable=f"aws:RequestTag/{CLUSTER_TAG}", values=["true"])
 
 
-def controller_statements(*, partition: str, region: str, account_id: str, cluster_name: str, vpc_id: str) -> list[Statement]:
+def controller_statements(
+    *, partition: str, region: str, account_id: str, cluster_name: str, vpc_id: str
+) -> list[Statement]:
     """The controller's policy, scoped to this region and account, to what this cluster's
     controller created (its cluster tag) and, for security group rules, to this VPC."""
     elb = f"arn:{partition}:elasticloadbalancing:{region}:{account_id}"
@@ -70,22 +74,41 @@ def controller_statements(*, partition: str, region: str, account_id: str, clust
                 f"arn:{partition}:iam::*:role/aws-service-role/elasticloadbalancing.amazonaws.com/"
                 "AWSServiceRoleForElasticLoadBalancing"
             ],
-            conditions=(Condition(test="StringEquals", variable="iam:AWSServiceName", values=["elasticloadbalancing.amazonaws.com"]),),
+            conditions=(
+                Condition(
+                    test="StringEquals", variable="iam:AWSServiceName", values=["elasticloadbalancing.amazonaws.com"]
+                ),
+            ),
         ),
         Statement(
             sid="Describe",
             actions=[
-                "ec2:DescribeAccountAttributes", "ec2:DescribeAddresses", "ec2:DescribeAvailabilityZones",
-                "ec2:DescribeInternetGateways", "ec2:DescribeVpcs", "ec2:DescribeVpcPeeringConnections",
-                "ec2:DescribeSubnets", "ec2:DescribeSecurityGroups", "ec2:DescribeInstances",
-                "ec2:DescribeNetworkInterfaces", "ec2:DescribeTags", "ec2:DescribeCoipPools",
-                "ec2:DescribeIpamPools", "ec2:DescribeRouteTables",
-                "elasticloadbalancing:DescribeLoadBalancers", "elasticloadbalancing:DescribeLoadBalancerAttributes",
-                "elasticloadbalancing:DescribeListeners", "elasticloadbalancing:DescribeListenerCertificates",
-                "elasticloadbalancing:DescribeSSLPolicies", "elasticloadbalancing:DescribeRules",
-                "elasticloadbalancing:DescribeTargetGroups", "elasticloadbalancing:DescribeTargetGroupAttributes",
-                "elasticloadbalancing:DescribeTargetHealth", "elasticloadbalancing:DescribeTags",
-                "elasticloadbalancing:DescribeTrustStores", "elasticloadbalancing:DescribeListenerAttributes",
+                "ec2:DescribeAccountAttributes",
+                "ec2:DescribeAddresses",
+                "ec2:DescribeAvailabilityZones",
+                "ec2:DescribeInternetGateways",
+                "ec2:DescribeVpcs",
+                "ec2:DescribeVpcPeeringConnections",
+                "ec2:DescribeSubnets",
+                "ec2:DescribeSecurityGroups",
+                "ec2:DescribeInstances",
+                "ec2:DescribeNetworkInterfaces",
+                "ec2:DescribeTags",
+                "ec2:DescribeCoipPools",
+                "ec2:DescribeIpamPools",
+                "ec2:DescribeRouteTables",
+                "elasticloadbalancing:DescribeLoadBalancers",
+                "elasticloadbalancing:DescribeLoadBalancerAttributes",
+                "elasticloadbalancing:DescribeListeners",
+                "elasticloadbalancing:DescribeListenerCertificates",
+                "elasticloadbalancing:DescribeSSLPolicies",
+                "elasticloadbalancing:DescribeRules",
+                "elasticloadbalancing:DescribeTargetGroups",
+                "elasticloadbalancing:DescribeTargetGroupAttributes",
+                "elasticloadbalancing:DescribeTargetHealth",
+                "elasticloadbalancing:DescribeTags",
+                "elasticloadbalancing:DescribeTrustStores",
+                "elasticloadbalancing:DescribeListenerAttributes",
                 "elasticloadbalancing:DescribeCapacityReservation",
             ],
         ),
@@ -96,9 +119,15 @@ def controller_statements(*, partition: str, region: str, account_id: str, clust
         Statement(
             sid="IntegrationsRead",
             actions=[
-                "cognito-idp:DescribeUserPoolClient", "acm:DescribeCertificate", "iam:GetServerCertificate",
-                "waf-regional:GetWebACL", "waf-regional:GetWebACLForResource", "wafv2:GetWebACL",
-                "wafv2:GetWebACLForResource", "shield:DescribeProtection", "ec2:GetCoipPoolUsage",
+                "cognito-idp:DescribeUserPoolClient",
+                "acm:DescribeCertificate",
+                "iam:GetServerCertificate",
+                "waf-regional:GetWebACL",
+                "waf-regional:GetWebACLForResource",
+                "wafv2:GetWebACL",
+                "wafv2:GetWebACLForResource",
+                "shield:DescribeProtection",
+                "ec2:GetCoipPoolUsage",
                 "ec2:GetSecurityGroupsForVpc",
             ],
             resources=[
@@ -183,16 +212,27 @@ def controller_statements(*, partition: str, region: str, account_id: str, clust
         Statement(
             sid="ManageOwn",
             actions=[
-                "elasticloadbalancing:ModifyLoadBalancerAttributes", "elasticloadbalancing:SetIpAddressType",
-                "elasticloadbalancing:SetSecurityGroups", "elasticloadbalancing:SetSubnets",
-                "elasticloadbalancing:DeleteLoadBalancer", "elasticloadbalancing:ModifyTargetGroup",
-                "elasticloadbalancing:ModifyTargetGroupAttributes", "elasticloadbalancing:DeleteTargetGroup",
-                "elasticloadbalancing:RegisterTargets", "elasticloadbalancing:DeregisterTargets",
-                "elasticloadbalancing:CreateListener", "elasticloadbalancing:DeleteListener",
-                "elasticloadbalancing:ModifyListener", "elasticloadbalancing:ModifyListenerAttributes",
-                "elasticloadbalancing:AddListenerCertificates", "elasticloadbalancing:RemoveListenerCertificates",
-                "elasticloadbalancing:CreateRule", "elasticloadbalancing:DeleteRule", "elasticloadbalancing:ModifyRule",
-                "elasticloadbalancing:ModifyCapacityReservation", "elasticloadbalancing:ModifyIpPools",
+                "elasticloadbalancing:ModifyLoadBalancerAttributes",
+                "elasticloadbalancing:SetIpAddressType",
+                "elasticloadbalancing:SetSecurityGroups",
+                "elasticloadbalancing:SetSubnets",
+                "elasticloadbalancing:DeleteLoadBalancer",
+                "elasticloadbalancing:ModifyTargetGroup",
+                "elasticloadbalancing:ModifyTargetGroupAttributes",
+                "elasticloadbalancing:DeleteTargetGroup",
+                "elasticloadbalancing:RegisterTargets",
+                "elasticloadbalancing:DeregisterTargets",
+                "elasticloadbalancing:CreateListener",
+                "elasticloadbalancing:DeleteListener",
+                "elasticloadbalancing:ModifyListener",
+                "elasticloadbalancing:ModifyListenerAttributes",
+                "elasticloadbalancing:AddListenerCertificates",
+                "elasticloadbalancing:RemoveListenerCertificates",
+                "elasticloadbalancing:CreateRule",
+                "elasticloadbalancing:DeleteRule",
+                "elasticloadbalancing:ModifyRule",
+                "elasticloadbalancing:ModifyCapacityReservation",
+                "elasticloadbalancing:ModifyIpPools",
             ],
             resources=elb_resources,
             conditions=(_own("Resource", cluster_name),),

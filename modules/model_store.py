@@ -5,19 +5,21 @@ the identity of the Mountpoint S3 CSI driver that mounts inputs and outputs
 
 from __future__ import annotations
 
-from constructs import Construct
 from cdktf_cdktf_provider_aws.eks_pod_identity_association import EksPodIdentityAssociation
 from cdktf_cdktf_provider_aws.iam_policy import IamPolicy
 from cdktf_cdktf_provider_aws.iam_role import IamRole
 from cdktf_cdktf_provider_aws.iam_role_policy_attachment import IamRolePolicyAttachment
+from constructs import Construct
 
+from core import names
 from modules.iam import Condition, Statement, pod_identity_trust, policy_document
+from modules.jobs import contract
 from modules.kms import EncryptionKey
 from modules.storage import AccessLogBucket, SecureBucket
 
 # Mountpoint S3 CSI driver v2: driver-level credentials come from EKS Pod Identity on the
 # node DaemonSet's service account (docs/CONFIGURATION.md of awslabs/mountpoint-s3-csi-driver).
-CSI_NAMESPACE = "kube-system"
+CSI_NAMESPACE = names.SYSTEM_NAMESPACE
 CSI_NODE_SERVICE_ACCOUNT = "s3-csi-driver-sa"
 
 
@@ -64,7 +66,12 @@ class DataBuckets(Construct):
             prevent_destroy=prevent_destroy,
         )
         logs = AccessLogBucket(
-            self, "access_logs", bucket_name=access_logs_bucket, account_id=account_id, partition=partition, region=region
+            self,
+            "access_logs",
+            bucket_name=access_logs_bucket,
+            account_id=account_id,
+            partition=partition,
+            region=region,
         )
         common = {"key": self.key, "region": region, "log_bucket": logs.bucket_id, "prevent_destroy": prevent_destroy}
         self.models = SecureBucket(self, "models", bucket_name=models_bucket, versioned=True, **common)
@@ -75,7 +82,7 @@ class DataBuckets(Construct):
             "inputs",
             bucket_name=inputs_bucket,
             versioned=True,
-            prefix_expiration_days={"jobs/": jobs_retention_days + 1},
+            prefix_expiration_days={contract.JOBS_PREFIX: jobs_retention_days + 1},
             **common,
         )
         self.outputs = SecureBucket(
@@ -100,7 +107,12 @@ class ModelsReadPolicy(Construct):
             "document",
             Statement(sid="ListModels", actions=["s3:ListBucket"], resources=[buckets.models.bucket_arn]),
             Statement(sid="ReadModels", actions=["s3:GetObject"], resources=[f"{buckets.models.bucket_arn}/*"]),
-            Statement(sid="DecryptModels", actions=["kms:Decrypt"], resources=[buckets.key_arn], conditions=(kms_via_s3(region),)),
+            Statement(
+                sid="DecryptModels",
+                actions=["kms:Decrypt"],
+                resources=[buckets.key_arn],
+                conditions=(kms_via_s3(region),),
+            ),
         )
         self.policy = IamPolicy(
             self,
@@ -132,7 +144,9 @@ class S3CsiDriverIdentity(Construct):
             self,
             "document",
             Statement(
-                sid="ListBuckets", actions=["s3:ListBucket"], resources=[buckets.inputs.bucket_arn, buckets.outputs.bucket_arn]
+                sid="ListBuckets",
+                actions=["s3:ListBucket"],
+                resources=[buckets.inputs.bucket_arn, buckets.outputs.bucket_arn],
             ),
             Statement(
                 sid="ReadWriteObjects",

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import json
 import shlex
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from cdktf import AssetType, TerraformAsset
-from constructs import Construct
 from cdktf_cdktf_provider_aws.cloudwatch_log_group import CloudwatchLogGroup
 from cdktf_cdktf_provider_aws.cloudwatch_metric_alarm import CloudwatchMetricAlarm
 from cdktf_cdktf_provider_aws.iam_role import IamRole
@@ -33,6 +32,7 @@ from cdktf_cdktf_provider_aws.s3_bucket_notification import S3BucketNotification
 from cdktf_cdktf_provider_aws.sqs_queue import SqsQueue
 from cdktf_cdktf_provider_aws.sqs_queue_policy import SqsQueuePolicy
 from cdktf_cdktf_provider_aws.ssm_document import SsmDocument
+from constructs import Construct
 
 from core import names
 from modules.iam import Condition, Principal, Statement, assume_role_policy, policy_document
@@ -179,7 +179,9 @@ class SyncFunction(Construct):
         permissions = policy_document(
             self,
             "policy_document",
-            Statement(sid="WriteLogs", actions=["logs:CreateLogStream", "logs:PutLogEvents"], resources=[f"{log_group.arn}:*"]),
+            Statement(
+                sid="WriteLogs", actions=["logs:CreateLogStream", "logs:PutLogEvents"], resources=[f"{log_group.arn}:*"]
+            ),
             Statement(
                 sid="ConsumeQueue",
                 actions=["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"],
@@ -212,7 +214,11 @@ class SyncFunction(Construct):
                 actions=["ssm:SendCommand"],
                 resources=[f"arn:{partition}:ec2:{region}:{account_id}:instance/*"],
                 conditions=(
-                    Condition(test="StringEquals", variable=f"ssm:resourceTag/{names.NODE_CLUSTER_TAG_KEY}", values=[cluster_name]),
+                    Condition(
+                        test="StringEquals",
+                        variable=f"ssm:resourceTag/{names.NODE_CLUSTER_TAG_KEY}",
+                        values=[cluster_name],
+                    ),
                 ),
             ),
         )

@@ -8,7 +8,6 @@ import ipaddress
 from dataclasses import dataclass
 
 from cdktf import Fn, TerraformHclModule, Token
-from constructs import Construct
 from cdktf_cdktf_provider_aws.data_aws_availability_zones import (
     DataAwsAvailabilityZones,
     DataAwsAvailabilityZonesFilter,
@@ -16,6 +15,9 @@ from cdktf_cdktf_provider_aws.data_aws_availability_zones import (
 from cdktf_cdktf_provider_aws.route_table_association import RouteTableAssociation
 from cdktf_cdktf_provider_aws.subnet import Subnet
 from cdktf_cdktf_provider_aws.vpc_endpoint import VpcEndpoint
+from constructs import Construct
+
+from core import names
 
 VPC_MODULE_SOURCE = "terraform-aws-modules/vpc/aws"
 # Pinned exactly: `terraform init` installs the newest version matching a range and only
@@ -116,7 +118,7 @@ class Network(Construct):
                 # No internal-elb tag here: internal ALBs get subnets of their own (below).
                 "private_subnet_tags": {
                     # Karpenter's EC2NodeClass selects GPU node subnets by this tag.
-                    "karpenter.sh/discovery": cluster_name,
+                    names.KARPENTER_DISCOVERY_TAG_KEY: cluster_name,
                 },
             },
         )

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from constructs import Construct
 from cdktf_cdktf_provider_helm.release import Release
 from cdktf_cdktf_provider_kubernetes.manifest import Manifest, ManifestTimeouts
+from constructs import Construct
 
 from core import names
 from modules.helm import chart_values, to_yaml
@@ -22,7 +22,9 @@ CSI_DRIVER = "s3.csi.aws.com"
 
 def csi_values() -> dict[str, Any]:
     # The Pod Identity association (platform stack) is bound to this service account name.
-    return chart_values("aws-mountpoint-s3-csi-driver", {"node": {"serviceAccount": {"name": CSI_NODE_SERVICE_ACCOUNT}}})
+    return chart_values(
+        "aws-mountpoint-s3-csi-driver", {"node": {"serviceAccount": {"name": CSI_NODE_SERVICE_ACCOUNT}}}
+    )
 
 
 def s3_volume(

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from constructs import Construct
 from cdktf_cdktf_provider_helm.release import Release
+from constructs import Construct
 
 from core import names
 from core.config import ScalingConfig, ScheduleConfig

@@ -8,11 +8,6 @@ from modules.kms import EncryptionKey
 from modules.storage import AccessLogBucket, SecureBucket
 
 
-def state_key_alias(project: str) -> str:
-    """Alias of the state KMS key: the S3 backends of the other stacks need it as a literal."""
-    return f"{project}-tfstate"
-
-
 class TerraformState(Construct):
     """Versioned, KMS-encrypted, TLS-only state bucket with access logging.
 
@@ -26,19 +21,21 @@ class TerraformState(Construct):
         *,
         bucket_name: str,
         log_bucket_name: str,
+        key_alias: str,
         project: str,
         account_id: str,
         partition: str,
         region: str,
         prevent_destroy: bool,
     ) -> None:
-        """`prevent_destroy`: Terraform refuses any plan that would destroy the state bucket or
-        its key (losing them loses every other stack's state)."""
+        """`key_alias`: the alias of the bucket's KMS key, which the other stacks' S3 backends
+        name (Config.state_kms_alias). `prevent_destroy`: Terraform refuses any plan that would
+        destroy the state bucket or its key (losing them loses every other stack's state)."""
         super().__init__(scope, id_)
         key = EncryptionKey(
             self,
             "key",
-            alias=state_key_alias(project),
+            alias=key_alias,
             description=f"{project}: Terraform state encryption",
             account_id=account_id,
             partition=partition,

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any
 
-from cdktf import AssetType, DataResource, LocalExecProvisioner, TerraformAsset, TerraformResourceLifecycle, TerraformStack
-from constructs import Construct
+from cdktf import (
+    AssetType,
+    DataResource,
+    ITerraformDependable,
+    LocalExecProvisioner,
+    TerraformAsset,
+    TerraformResourceLifecycle,
+    TerraformStack,
+)
 from cdktf_cdktf_provider_aws.s3_bucket import S3Bucket
 from cdktf_cdktf_provider_aws.s3_bucket_lifecycle_configuration import (
     S3BucketLifecycleConfiguration,
@@ -32,6 +40,7 @@ from cdktf_cdktf_provider_aws.s3_bucket_versioning import (
     S3BucketVersioningA,
     S3BucketVersioningVersioningConfiguration,
 )
+from constructs import Construct
 
 from modules.iam import Condition, Principal, Statement, policy_document
 from modules.kms import EncryptionKey
@@ -49,7 +58,7 @@ def _guard_script(scope: Construct) -> TerraformAsset:
     return TerraformAsset(stack, _GUARD_ASSET_ID, path=str(EMPTY_BUCKET_GUARD), type=AssetType.FILE)
 
 
-def _rule(rule_id: str, **kwargs) -> S3BucketLifecycleConfigurationRule:
+def _rule(rule_id: str, **kwargs: Any) -> S3BucketLifecycleConfigurationRule:
     # An empty filter applies the rule to every object (the provider requires a filter).
     return S3BucketLifecycleConfigurationRule(
         id=rule_id, status="Enabled", filter=[S3BucketLifecycleConfigurationRuleFilter()], **kwargs
@@ -98,7 +107,7 @@ class SecureBucket(Construct):
             depends_on=[key.resource] if key else None,
             lifecycle=TerraformResourceLifecycle(prevent_destroy=True) if prevent_destroy else None,
         )
-        protections: list = [
+        protections: list[ITerraformDependable] = [
             S3BucketOwnershipControls(
                 self,
                 "ownership",
@@ -180,7 +189,9 @@ class SecureBucket(Construct):
         protections.append(S3BucketLifecycleConfiguration(self, "lifecycle", bucket=bucket.id, rule=rules))
         if log_bucket:
             protections.append(
-                S3BucketLoggingA(self, "logging", bucket=bucket.id, target_bucket=log_bucket, target_prefix=f"{bucket_name}/")
+                S3BucketLoggingA(
+                    self, "logging", bucket=bucket.id, target_bucket=log_bucket, target_prefix=f"{bucket_name}/"
+                )
             )
         document = policy_document(
             self,

@@ -6,9 +6,11 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from cdktf import App
 
+from core import names
 from core.config import Config, ConfigError
 from stacks.edge import EdgeStack
 from stacks.platform import PlatformStack
@@ -43,7 +45,10 @@ def check_renderable(config: Config) -> None:
         )
     except ValueError as exc:
         raise ConfigError(
-            [f"buckets.models / model_sync.prefixes: {' '.join(str(exc).split())[:300]}; fix: use fewer or shorter prefixes"]
+            [
+                f"buckets.models / model_sync.prefixes: {' '.join(str(exc).split())[:300]}; "
+                "fix: use fewer or shorter prefixes"
+            ]
         ) from None
 
 
@@ -83,7 +88,7 @@ def synth_atomically(config: Config, *, outdir: Path) -> None:
         shutil.rmtree(old)
 
 
-def count_resources(stack_json: dict) -> int:
+def count_resources(stack_json: dict[str, Any]) -> int:
     resources = stack_json.get("resource", {})
     modules = stack_json.get("module", {})
     return sum(len(v) for v in resources.values()) + len(modules)
@@ -91,8 +96,10 @@ def count_resources(stack_json: dict) -> int:
 
 def summarize(outdir: Path) -> str:
     manifest = json.loads((outdir / "manifest.json").read_text())
-    order = ("-state", "-platform", "-workload", "-edge")
-    stacks = sorted(manifest["stacks"].items(), key=lambda kv: next((i for i, o in enumerate(order) if kv[0].endswith(o)), 99))
+    order = tuple(f"-{cycle}" for cycle in names.CYCLES)
+    stacks = sorted(
+        manifest["stacks"].items(), key=lambda kv: next((i for i, o in enumerate(order) if kv[0].endswith(o)), 99)
+    )
     lines = [f"{'stack':<28} {'resources':>9}  terraform json"]
     for name, stack in stacks:
         path = outdir / stack["synthesizedStackPath"]

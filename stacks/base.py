@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from cdktf import S3Backend, TerraformStack
-from constructs import Construct
 from cdktf_cdktf_provider_aws.provider import AwsProvider, AwsProviderDefaultTags
+from constructs import Construct
 
 from core.config import Config
-from modules.state import state_key_alias
 
 
 def default_tags(config: Config, cycle: str) -> dict[str, str]:
@@ -38,7 +37,7 @@ class ProjectStack(TerraformStack):
                 key=config.state_key(self.cycle),
                 region=config.region,
                 encrypt=True,
-                kms_key_id=f"arn:{config.partition}:kms:{config.region}:{config.account_id}:alias/{state_key_alias(config.project)}",
+                kms_key_id=f"arn:{config.partition}:kms:{config.region}:{config.account_id}:alias/{config.state_kms_alias}",
             )
             # S3-native locking (Terraform >= 1.10); cdktf's S3Backend lacks the field.
             self.add_override("terraform.backend.s3.use_lockfile", True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from cdktf import TerraformOutput
 from constructs import Construct
 
+from core import names
 from core.config import Config
 from modules.edge import Edge
 from stacks.base import ProjectStack
@@ -16,7 +17,7 @@ from stacks.workload import WorkloadStack
 
 
 class EdgeStack(ProjectStack):
-    cycle = "edge"
+    cycle = names.EDGE_CYCLE
 
     def __init__(self, scope: Construct, *, config: Config, workload: WorkloadStack) -> None:
         super().__init__(scope, config=config)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from cdktf import TerraformOutput
 from constructs import Construct
 
+from core import names
 from core.config import Config
 from modules.auth import CognitoAuth
 from modules.cluster import Cluster
@@ -20,7 +21,7 @@ from stacks.state import StateStack
 
 
 class PlatformStack(ProjectStack):
-    cycle = "platform"
+    cycle = names.PLATFORM_CYCLE
 
     def __init__(self, scope: Construct, *, config: Config, state: StateStack) -> None:
         super().__init__(scope, config=config)
@@ -69,7 +70,9 @@ class PlatformStack(ProjectStack):
             jobs_retention_days=config.jobs.retention_days,
             prevent_destroy=config.data_protection.prevent_destroy,
         )
-        models_read = ModelsReadPolicy(self, "models_read", project=config.project, region=config.region, buckets=self.buckets)
+        models_read = ModelsReadPolicy(
+            self, "models_read", project=config.project, region=config.region, buckets=self.buckets
+        )
         S3CsiDriverIdentity(
             self,
             "s3_csi_driver",
@@ -81,7 +84,12 @@ class PlatformStack(ProjectStack):
             buckets=self.buckets,
         )
         gpu_node_policy = GpuNodePolicy(
-            self, "gpu_node", project=config.project, partition=config.partition, region=config.region, account_id=config.account_id
+            self,
+            "gpu_node",
+            project=config.project,
+            partition=config.partition,
+            region=config.region,
+            account_id=config.account_id,
         )
         self.karpenter = KarpenterAws(
             self,
@@ -129,7 +137,9 @@ class PlatformStack(ProjectStack):
             account_id=config.account_id,
         )
         self.auth = (
-            CognitoAuth(self, "auth", project=config.project, account_id=config.account_id, domain=config.auth.domain or "")
+            CognitoAuth(
+                self, "auth", project=config.project, account_id=config.account_id, domain=config.auth.domain or ""
+            )
             if config.auth.mode == "cognito"
             else None
         )

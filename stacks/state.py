@@ -5,25 +5,27 @@ from __future__ import annotations
 from cdktf import LocalBackend, TerraformOutput
 from constructs import Construct
 
+from core import names
 from core.config import Config
 from modules.state import TerraformState
 from stacks.base import ProjectStack
 
 
 class StateStack(ProjectStack):
-    cycle = "state"
+    cycle = names.STATE_CYCLE
 
     def __init__(self, scope: Construct, *, config: Config) -> None:
         super().__init__(scope, config=config, remote_state=False)
         # Relative to cdktf.out/stacks/<stack>/, i.e. the repository root: the path stays out
         # of the synthesized JSON's machine-specific parts and survives re-synthesis (which
         # rewrites cdktf.out/). Keep this file safe, or migrate it into the bucket afterwards.
-        LocalBackend(self, path=f"../../../{config.stack_name(self.cycle)}.tfstate")
+        LocalBackend(self, path=f"../../../{config.local_state_file}")
         self.state = TerraformState(
             self,
             "state",
             bucket_name=config.state_bucket,
             log_bucket_name=config.state_log_bucket,
+            key_alias=config.state_kms_alias,
             project=config.project,
             account_id=config.account_id,
             partition=config.partition,

@@ -7,24 +7,26 @@ and authenticate with short-lived `aws eks get-token` credentials, never a store
 
 from __future__ import annotations
 
+from typing import Any
+
 from cdktf import Fn, TerraformOutput
-from constructs import Construct
 from cdktf_cdktf_provider_aws.data_aws_ecr_image import DataAwsEcrImage
 from cdktf_cdktf_provider_helm.provider import HelmProvider, HelmProviderKubernetes, HelmProviderKubernetesExec
 from cdktf_cdktf_provider_kubernetes.manifest import Manifest, ManifestTimeouts, ManifestWait
 from cdktf_cdktf_provider_kubernetes.provider import KubernetesProvider, KubernetesProviderExec
+from constructs import Construct
 
+from core import names
 from core.config import Config
-from modules.karpenter import KarpenterCluster, gpu_node_class, gpu_node_pool
 from modules.comfyui import TERMINATION_GRACE_SECONDS, JobRunnerSettings, comfyui_manifests
+from modules.karpenter import KarpenterCluster, gpu_node_class, gpu_node_pool
 from modules.literal import escape_literals
 from modules.load_balancer import LoadBalancerController
 from modules.s3_volumes import S3Volumes
 from modules.scaling import Scaling
-from stacks.ingress import ExposureSubnets, api_ingress_settings, ingress_settings
 from stacks.base import ProjectStack
+from stacks.ingress import ExposureSubnets, api_ingress_settings, ingress_settings
 from stacks.platform import PlatformStack
-
 
 INGRESS_READY_FIELD = "status.loadBalancer.ingress[0].hostname"
 INGRESS_READY_TIMEOUT = "15m"  # an ALB takes 2-5 minutes to provision
@@ -33,7 +35,7 @@ INGRESS_READY_TIMEOUT = "15m"  # an ALB takes 2-5 minutes to provision
 MODEL_CACHE_WAIT_MARGIN_SECONDS = 600
 
 
-def eks_token_exec(*, cluster_name: str, region: str) -> dict:
+def eks_token_exec(*, cluster_name: str, region: str) -> dict[str, Any]:
     return {
         "api_version": "client.authentication.k8s.io/v1beta1",
         "command": "aws",
@@ -42,7 +44,7 @@ def eks_token_exec(*, cluster_name: str, region: str) -> dict:
 
 
 class WorkloadStack(ProjectStack):
-    cycle = "workload"
+    cycle = names.WORKLOAD_CYCLE
 
     def __init__(self, scope: Construct, *, config: Config, platform: PlatformStack) -> None:
         super().__init__(scope, config=config)
@@ -160,7 +162,9 @@ class WorkloadStack(ProjectStack):
                 # right after, and a controller error (certificate, annotation) fails here, at
                 # its cause, instead of as "no matching load balancer" there.
                 wait=ManifestWait(fields={INGRESS_READY_FIELD: ".+"}) if is_ingress else None,
-                timeouts=ManifestTimeouts(create=INGRESS_READY_TIMEOUT, update=INGRESS_READY_TIMEOUT) if is_ingress else None,
+                timeouts=ManifestTimeouts(create=INGRESS_READY_TIMEOUT, update=INGRESS_READY_TIMEOUT)
+                if is_ingress
+                else None,
             )
         # KEDA scales the Deployment (it has no replicas of its own) on the job queue and the
         # working hours; it goes after the Deployment and before it on destroy.
@@ -182,5 +186,7 @@ class WorkloadStack(ProjectStack):
         TerraformOutput(self, "comfyui_url", value=f"{scheme}://{config.auth.domain or host}")
         TerraformOutput(self, "comfyui_alb_dns_name", value=host)
         if "comfyui_ingress_comfyui_api" in self.manifests:
-            api_host = self.manifests["comfyui_ingress_comfyui_api"].get_string_attribute(f"object.{INGRESS_READY_FIELD}")
+            api_host = self.manifests["comfyui_ingress_comfyui_api"].get_string_attribute(
+                f"object.{INGRESS_READY_FIELD}"
+            )
             TerraformOutput(self, "comfyui_api_url", value=f"http://{api_host}")

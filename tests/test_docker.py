@@ -87,9 +87,7 @@ def runs() -> list[str]:
 
 
 def test_hadolint_clean():
-    result = subprocess.run(
-        [tool("hadolint"), "--no-color", str(DOCKERFILE)], capture_output=True, text=True
-    )
+    result = subprocess.run([tool("hadolint"), "--no-color", str(DOCKERFILE)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -105,9 +103,7 @@ def test_hadolint_ignores_are_justified():
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
 def test_shellcheck_clean(script):
-    result = subprocess.run(
-        [tool("shellcheck"), "--shell=bash", str(script)], capture_output=True, text=True
-    )
+    result = subprocess.run([tool("shellcheck"), "--shell=bash", str(script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -160,9 +156,9 @@ def test_torch_pinned_to_the_base_image_cuda():
     ):
         assert pin in torch_runs[0]
     # The same pins constrain every later pip install.
-    assert any(
-        k == "ENV" and "PIP_CONSTRAINT=" in r for k, r in instructions()
-    ), "PIP_CONSTRAINT is not set for the build"
+    assert any(k == "ENV" and "PIP_CONSTRAINT=" in r for k, r in instructions()), (
+        "PIP_CONSTRAINT is not set for the build"
+    )
 
 
 def test_comfyui_commit_default_is_full_sha_and_verified():
@@ -218,15 +214,25 @@ def test_copy_sources_exist_in_build_context():
 
 def test_extra_model_paths_cover_the_model_prefixes():
     from core.config import ModelSyncConfig
+    from modules.comfyui import MODELS_MOUNT
 
     config = yaml.safe_load((DOCKER / "extra_model_paths.yaml").read_text())
     assert list(config) == ["comfyui_eks"]
     section = dict(config["comfyui_eks"])
-    assert section.pop("base_path") == "/models"
+    assert section.pop("base_path") == MODELS_MOUNT == "/models", "where the pod mounts the node's model cache"
     assert section.pop("is_default") is True
     required = {
-        "checkpoints", "loras", "vae", "clip", "unet", "controlnet", "upscale_models",
-        "embeddings", "clip_vision", "diffusion_models", "text_encoders",
+        "checkpoints",
+        "loras",
+        "vae",
+        "clip",
+        "unet",
+        "controlnet",
+        "upscale_models",
+        "embeddings",
+        "clip_vision",
+        "diffusion_models",
+        "text_encoders",
     }
     assert set(section) == required
     assert all(section[k] == k for k in section), "each type maps to the same-named folder"
@@ -268,14 +274,16 @@ case "$1 $2" in
     echo "arn:aws:iam::123456789012:user/builder" ;;
   "ecr describe-images")
     if [[ -n "${STUB_ECR_REPOSITORY_MISSING:-}" ]]; then
-      echo "An error occurred (RepositoryNotFoundException) when calling the DescribeImages operation: The repository with name 'comfyui' does not exist" >&2
+      echo "An error occurred (RepositoryNotFoundException) when calling the DescribeImages operation:" \
+        "The repository with name 'comfyui' does not exist" >&2
       exit 254
     fi
     if [[ -n "${STUB_ECR_TAG_EXISTS:-}" || -e "$STUB_STATE/pushed" ]]; then
       if [[ " $* " == *" --query "* ]]; then echo "$STUB_DIGEST"; else echo '{"imageDetails": [{}]}'; fi
       exit 0
     fi
-    echo "An error occurred (ImageNotFoundException) when calling the DescribeImages operation: The image does not exist" >&2
+    echo "An error occurred (ImageNotFoundException) when calling the DescribeImages operation:" \
+      "The image does not exist" >&2
     exit 254 ;;
   "ecr get-login-password") echo "stub-password" ;;
   *) echo "unexpected aws call: $*" >&2; exit 99 ;;
@@ -480,9 +488,7 @@ def test_build_and_push_rejects_unknown_argument(cloud):
 
 
 def test_build_and_push_refuses_an_existing_tag(cloud):
-    result = cloud.run(
-        BUILD_AND_PUSH, "--repository-url", REPO_URL, "--tag", "v1", STUB_ECR_TAG_EXISTS="1"
-    )
+    result = cloud.run(BUILD_AND_PUSH, "--repository-url", REPO_URL, "--tag", "v1", STUB_ECR_TAG_EXISTS="1")
     assert result.returncode != 0
     assert "tag 'v1' already exists" in result.stderr
     assert commands(cloud.calls()) == [
@@ -495,9 +501,7 @@ def test_build_and_push_refuses_an_existing_tag(cloud):
 
 
 def test_build_and_push_reports_a_missing_repository(cloud):
-    result = cloud.run(
-        BUILD_AND_PUSH, "--repository-url", REPO_URL, STUB_ECR_REPOSITORY_MISSING="1"
-    )
+    result = cloud.run(BUILD_AND_PUSH, "--repository-url", REPO_URL, STUB_ECR_REPOSITORY_MISSING="1")
     assert result.returncode != 0
     assert "ECR repository 'comfyui' does not exist in us-east-1" in result.stderr
     assert "docker build" not in commands(cloud.calls())
@@ -526,7 +530,10 @@ def test_build_and_push_happy_path(cloud):
     by_name = {" ".join(c[:2]): c for c in calls if c[0] == "docker"}
     login = by_name["docker login"]
     assert login[1:] == [
-        "login", "--username", "AWS", "--password-stdin",
+        "login",
+        "--username",
+        "AWS",
+        "--password-stdin",
         "123456789012.dkr.ecr.us-east-1.amazonaws.com",
     ]
     assert ["docker-login-stdin", "stub-password"] in calls, "the password goes through stdin"
@@ -581,9 +588,7 @@ def test_build_and_push_reads_environment_variables(cloud):
 
 
 def test_build_and_push_stops_when_the_build_fails(cloud):
-    result = cloud.run(
-        BUILD_AND_PUSH, "--repository-url", REPO_URL, "--tag", "v1", STUB_DOCKER_BUILD_RC="1"
-    )
+    result = cloud.run(BUILD_AND_PUSH, "--repository-url", REPO_URL, "--tag", "v1", STUB_DOCKER_BUILD_RC="1")
     assert result.returncode != 0
     assert "docker build failed" in result.stderr
     assert "docker push" not in commands(cloud.calls())
@@ -605,9 +610,20 @@ def test_build_and_push_against_moto_with_the_real_aws_cli(stubs, aws_cli_env, t
     )
     repo = f"comfyui-{uuid.uuid4().hex[:12]}"  # the moto server is shared by the session
     subprocess.run(
-        [aws, "ecr", "create-repository", "--region", "us-west-2", "--repository-name", repo,
-         "--image-tag-mutability", "IMMUTABLE"],
-        env=aws_cli_env, check=True, capture_output=True,
+        [
+            aws,
+            "ecr",
+            "create-repository",
+            "--region",
+            "us-west-2",
+            "--repository-name",
+            repo,
+            "--image-tag-mutability",
+            "IMMUTABLE",
+        ],
+        env=aws_cli_env,
+        check=True,
+        capture_output=True,
     )
     url = f"123456789012.dkr.ecr.us-west-2.amazonaws.com/{repo}"
     manifest = (
@@ -625,9 +641,7 @@ def test_build_and_push_against_moto_with_the_real_aws_cli(stubs, aws_cli_env, t
     assert again.returncode != 0
     assert "tag 'v1' already exists" in again.stderr
 
-    missing = stubs.run(
-        BUILD_AND_PUSH, "--repository-url", url + "-absent", "--tag", "v1", **env
-    )
+    missing = stubs.run(BUILD_AND_PUSH, "--repository-url", url + "-absent", "--tag", "v1", **env)
     assert missing.returncode != 0
     assert f"ECR repository '{repo}-absent' does not exist" in missing.stderr
 
@@ -696,12 +710,28 @@ def test_install_nodes_clones_and_checks_out_the_pinned_commit(nodes, tmp_path):
     first = str(nodes.nodes_dir / "ComfyUI-First")
     second = str(nodes.nodes_dir / "Second")
     assert nodes.calls() == [
-        ["git", "clone", "--quiet", "--filter=blob:none", "--no-checkout", "--",
-         "https://github.com/example/ComfyUI-First.git", first],
+        [
+            "git",
+            "clone",
+            "--quiet",
+            "--filter=blob:none",
+            "--no-checkout",
+            "--",
+            "https://github.com/example/ComfyUI-First.git",
+            first,
+        ],
         ["git", "-C", first, "checkout", "--quiet", "--detach", SHA],
         ["git", "-C", first, "rev-parse", "HEAD"],
-        ["git", "clone", "--quiet", "--filter=blob:none", "--no-checkout", "--",
-         "https://github.com/example/Second", second],
+        [
+            "git",
+            "clone",
+            "--quiet",
+            "--filter=blob:none",
+            "--no-checkout",
+            "--",
+            "https://github.com/example/Second",
+            second,
+        ],
         ["git", "-C", second, "checkout", "--quiet", "--detach", other],
         ["git", "-C", second, "rev-parse", "HEAD"],
     ]
@@ -713,7 +743,13 @@ def test_install_nodes_installs_requirements(nodes, tmp_path):
     assert result.returncode == 0, result.stderr
     requirements = str(nodes.nodes_dir / "Node" / "requirements.txt")
     assert nodes.calls()[-1] == [
-        "python3", "-m", "pip", "install", "--no-cache-dir", "-r", requirements,
+        "python3",
+        "-m",
+        "pip",
+        "install",
+        "--no-cache-dir",
+        "-r",
+        requirements,
     ]
 
 
@@ -748,11 +784,7 @@ def test_shipped_node_list_is_empty_and_its_example_is_valid(nodes, tmp_path):
     assert result.returncode == 0, result.stderr
     assert nodes.calls() == [], "no third-party code is installed by default"
 
-    examples = [
-        line[1:].strip()
-        for line in shipped.read_text().splitlines()
-        if re.match(r"#\s*https://", line)
-    ]
+    examples = [line[1:].strip() for line in shipped.read_text().splitlines() if re.match(r"#\s*https://", line)]
     assert len(examples) == 1
     listing = write_list(tmp_path, examples[0] + "\n")
     result = nodes.run(INSTALL_NODES, str(listing), str(nodes.nodes_dir))
@@ -795,17 +827,27 @@ def test_entrypoint_starts_comfyui_on_the_configured_port(stubs, comfy_home, tmp
     (call,) = stubs.calls()
     scratch = tmp_path / "scratch"
     assert call == [
-        "python", "main.py",
-        "--listen", "0.0.0.0",
-        "--port", "9000",
-        "--extra-model-paths-config", str(DOCKER / "extra_model_paths.yaml"),
-        "--output-directory", str(tmp_path / "outputs"),
-        "--input-directory", str(tmp_path / "inputs"),
-        "--temp-directory", str(scratch),
-        "--user-directory", str(scratch / "user"),
-        "--database-url", f"sqlite:///{scratch}/user/comfyui.db",
+        "python",
+        "main.py",
+        "--listen",
+        "0.0.0.0",
+        "--port",
+        "9000",
+        "--extra-model-paths-config",
+        str(DOCKER / "extra_model_paths.yaml"),
+        "--output-directory",
+        str(tmp_path / "outputs"),
+        "--input-directory",
+        str(tmp_path / "inputs"),
+        "--temp-directory",
+        str(scratch),
+        "--user-directory",
+        str(scratch / "user"),
+        "--database-url",
+        f"sqlite:///{scratch}/user/comfyui.db",
         "--disable-auto-launch",
-        "--preview-method", "auto",
+        "--preview-method",
+        "auto",
     ]
     for d in (tmp_path / "outputs", tmp_path / "inputs", scratch / "temp", scratch / "user"):
         assert d.is_dir()

@@ -14,9 +14,9 @@ ships, predates AWS_ENDPOINT_URL) and with the node's aws-config except for the 
 client: the classic one ("default" in v2.9) instead of the node's "crt", because the CRT
 client of v2.9 ignores the endpoint's port and connects to port 80;
 test_sync_with_the_nodes_crt_transfer_client runs the node's exact configuration where this
-machine lets a test listen on 127.0.0.1:80, and shows that claim elsewhere. Where v2 is missing, these tests skip locally and fail under
-CI=true. The two main convergence tests also run with AWS CLI v1 (the project venv's
-`aws`, "v1"): a few seconds.
+machine lets a test listen on 127.0.0.1:80, and shows that claim elsewhere. Where v2 is
+missing, these tests skip locally and fail under CI=true. The two main convergence tests also
+run with AWS CLI v1 (the project venv's `aws`, "v1"): a few seconds.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from core import names
+from core import names, rules
 from modules.gpu_user_data import DEFAULT_CACHE_DEADLINE_SECONDS, render_gpu_user_data
 from tests.helpers import REPO, require, tool
 
@@ -83,7 +83,9 @@ def test_scripts_are_shellcheck_clean(script):
 
 def test_rendered_user_data_script_is_shellcheck_clean(tmp_path):
     user_data = render_gpu_user_data(
-        models_bucket="comfyui-models", region="us-west-2", model_prefixes=("checkpoints/", "loras/"),
+        models_bucket="comfyui-models",
+        region="us-west-2",
+        model_prefixes=("checkpoints/", "loras/"),
         cluster_name="comfyui",
     )
     (part,) = email.message_from_string(user_data).get_payload()
@@ -209,9 +211,7 @@ def test_setup_uses_all_instance_store_disks_and_never_ebs(tmp_path, count):
     state = host.read_state()
 
     if count == 0:
-        assert (
-            f"no NVMe instance store found; falling back to the root volume at {host.cache_root}" in result.stderr
-        )
+        assert f"no NVMe instance store found; falling back to the root volume at {host.cache_root}" in result.stderr
         assert host.calls("mdadm") == host.calls("mkfs.xfs") == host.calls("mount") == []
         assert host.fstab.read_text() == ROOT_FSTAB
     else:
@@ -287,16 +287,35 @@ def test_setup_installs_and_starts_the_sync_service_without_blocking(tmp_path):
 
     assert host.calls("systemctl") == [
         ["systemctl", "daemon-reload"],
-        ["systemctl", "enable", "--now", names.SYNC_TIMER_NAME, names.SYNC_PATH_UNIT_NAME,
-         names.CACHE_DEADLINE_TIMER_NAME],
+        [
+            "systemctl",
+            "enable",
+            "--now",
+            names.SYNC_TIMER_NAME,
+            names.SYNC_PATH_UNIT_NAME,
+            names.CACHE_DEADLINE_TIMER_NAME,
+        ],
         ["systemctl", "start", "--no-block", names.SYNC_SERVICE_NAME],
     ]
 
     # The environment file gives the services exactly the variables their scripts read
     # (single-quoted values mean the same to systemd and to bash).
-    keys = ["MODELS_BUCKET", "AWS_REGION", "MODELS_PATH", "CACHE_MARKER_PATH", "CACHE_SKIPPED_PATH",
-            "SYNC_REQUEST_FLAG", "MODEL_PREFIXES", "SYNC_SERVICE_NAME", "CLUSTER_NAME", "CACHE_DEADLINE_SECONDS",
-            "METRICS_NAMESPACE", "CACHE_DEADLINE_METRIC", "METRIC_CLUSTER_DIMENSION"]
+    keys = [
+        "MODELS_BUCKET",
+        "AWS_REGION",
+        "MODELS_PATH",
+        "CACHE_MARKER_PATH",
+        "CACHE_SKIPPED_PATH",
+        "SYNC_REQUEST_FLAG",
+        "MODEL_PREFIXES",
+        "SYNC_SERVICE_NAME",
+        "CLUSTER_NAME",
+        "CACHE_DEADLINE_SECONDS",
+        "METRICS_NAMESPACE",
+        "CACHE_DEADLINE_METRIC",
+        "METRIC_CLUSTER_DIMENSION",
+        "MODEL_PREFIX_PATTERN",
+    ]
     printed = " ".join(f'"${{{k}}}"' for k in [*keys, "AWS_CONFIG_FILE"])
     read_back = subprocess.run(
         ["bash", "-c", f'set -a; . "$0"; printf "%s\\0" {printed}', str(env_file)],
@@ -400,7 +419,8 @@ def test_setup_refuses_an_xfs_it_did_not_create(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "variable", sorted([*names.script_variables(models_bucket="b", region="r"), "CLUSTER_NAME", "CACHE_DEADLINE_SECONDS"])
+    "variable",
+    sorted([*names.script_variables(models_bucket="b", region="r"), "CLUSTER_NAME", "CACHE_DEADLINE_SECONDS"]),
 )
 def test_setup_requires_every_variable(tmp_path, variable):
     host = FakeHost(tmp_path, 1)
@@ -466,8 +486,10 @@ def node_cli_env(
     else:
         assert kind == "v1", kind
         v1 = shutil.which("aws", path=str(Path(sys.executable).parent))
-        require(v1 is not None and _cli_version(v1).startswith("aws-cli/1."),
-                "AWS CLI v1 is not installed in the project venv (scripts/test.sh installs it)")
+        require(
+            v1 is not None and _cli_version(v1).startswith("aws-cli/1."),
+            "AWS CLI v1 is not installed in the project venv (scripts/test.sh installs it)",
+        )
     return env
 
 
@@ -532,6 +554,7 @@ class Cache:
             CACHE_SKIPPED_PATH=str(self.skipped),
             SYNC_REQUEST_FLAG=str(self.flag),
             MODEL_PREFIXES="",
+            MODEL_PREFIX_PATTERN=rules.MODEL_PREFIX_ERE,  # as the user-data renders it
         )
 
     def command(self) -> list[str]:
@@ -643,9 +666,10 @@ def test_sync_converges_additions_replacements_and_deletions(s3, bucket, cache, 
     result = cache.sync()
     assert result.returncode == 0, result.stderr
     _assert_mirror(s3, bucket, cache)
-    assert _local_files(cache.models)["loras/a b/c$(touch pwned).safetensors"] == replaced[
-        "loras/a b/c$(touch pwned).safetensors"
-    ]
+    assert (
+        _local_files(cache.models)["loras/a b/c$(touch pwned).safetensors"]
+        == replaced["loras/a b/c$(touch pwned).safetensors"]
+    )
     assert cache.marker.is_file()
     assert not list(cache.root.glob(".models-cache-complete.??????")), "temporary marker left behind"
     assert not list(tmp_path.rglob("pwned"))
@@ -751,8 +775,9 @@ def test_sync_with_model_prefixes_mirrors_only_those_folders(s3, bucket, cache, 
     bin_dir = _aws_wrapper(tmp_path, cache.env)
     calls = tmp_path / "calls"
     Path(f"{calls}.raised").touch()  # no request flag from the wrapper: one run
-    result = cache.sync(MODEL_PREFIXES="checkpoints/ loras", PATH=f"{bin_dir}{os.pathsep}{cache.env['PATH']}",
-                        AWS_CALLS=str(calls))
+    result = cache.sync(
+        MODEL_PREFIXES="checkpoints/ loras/", PATH=f"{bin_dir}{os.pathsep}{cache.env['PATH']}", AWS_CALLS=str(calls)
+    )
     assert result.returncode == 0, result.stderr
     _assert_mirror(s3, bucket, cache, prefixes=("checkpoints/", "loras/"))
     assert sorted(_local_files(cache.models)) == [
@@ -766,8 +791,10 @@ def test_sync_with_model_prefixes_mirrors_only_those_folders(s3, bucket, cache, 
     assert len(calls.read_text().splitlines()) == 2, calls.read_text()
 
 
-@pytest.mark.parametrize("prefixes", ["../etc/", "checkpoints/nested/", "."])
+@pytest.mark.parametrize("prefixes", ["../etc/", "checkpoints/nested/", ".", "loras", "/loras/", "checkpoints/ vae"])
 def test_sync_rejects_prefixes_outside_the_cache(cache, prefixes):
+    """Only the canonical form ("folder/", core.rules.MODEL_PREFIX) is accepted, nothing is
+    normalised (tests/test_rules.py: the same rule as the configuration's)."""
     result = cache.sync(MODEL_PREFIXES=prefixes)
     assert result.returncode != 0
     assert "is not a single top-level folder" in result.stderr
@@ -775,7 +802,15 @@ def test_sync_rejects_prefixes_outside_the_cache(cache, prefixes):
 
 
 @pytest.mark.parametrize(
-    "variable", ["MODELS_BUCKET", "MODELS_PATH", "CACHE_MARKER_PATH", "CACHE_SKIPPED_PATH", "SYNC_REQUEST_FLAG"]
+    "variable",
+    [
+        "MODELS_BUCKET",
+        "MODELS_PATH",
+        "CACHE_MARKER_PATH",
+        "CACHE_SKIPPED_PATH",
+        "SYNC_REQUEST_FLAG",
+        "MODEL_PREFIX_PATTERN",
+    ],
 )
 def test_sync_requires_its_variables(cache, variable):
     result = cache.sync(**{variable: ""})
@@ -817,7 +852,7 @@ def _aws_wrapper(tmp_path: Path, env: dict[str, str]) -> Path:
         '  if [[ "${WARN_S3_SYNC:-0}" == 1 ]]; then\n'
         f'    "{real_aws}" "$@" || exit $?\n'
         '    echo "warning: Skipping file s3://x/y. Object is of storage class GLACIER." >&2; exit 2\n'
-        '  fi\n'
+        "  fi\n"
         '  if [[ ! -e "$AWS_CALLS.raised" ]]; then : >"$AWS_CALLS.raised"; : >"$SYNC_REQUEST_FLAG"; fi\n'
         "fi\n"
         f'exec "{real_aws}" "$@"\n'
@@ -937,8 +972,13 @@ def _post_object(endpoint: str, bucket: str, key: str, body: bytes) -> None:
     a URL path, but takes it in the form's `key` field (and lists it: it cannot serve it)."""
     import requests
 
-    response = requests.post(f"{endpoint}/{bucket}", data={"key": key}, files={"file": ("f", body)},
-                             proxies={"http": "", "https": ""}, timeout=30)
+    response = requests.post(
+        f"{endpoint}/{bucket}",
+        data={"key": key},
+        files={"file": ("f", body)},
+        proxies={"http": "", "https": ""},
+        timeout=30,
+    )
     assert response.status_code in (200, 204), response.text
 
 
@@ -991,15 +1031,15 @@ def test_odd_objects_are_skipped_and_reported_the_rest_converges(s3, bucket, cac
     assert cache.skipped.read_text() == report_text
 
 
-
 def test_a_file_replaces_a_stale_folder_and_a_folder_a_stale_file(s3, bucket, cache):
     """Every model under loras/foo/ is deleted and loras/foo is uploaded as a file: the
     stale local folder goes and the file lands; then the reverse."""
     _put(s3, bucket, {"loras/foo/x.safetensors": b"x", "loras/foo/sub/y.safetensors": b"y"})
     assert cache.sync().returncode == 0
 
-    s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "loras/foo/x.safetensors"},
-                                                         {"Key": "loras/foo/sub/y.safetensors"}]})
+    s3.delete_objects(
+        Bucket=bucket, Delete={"Objects": [{"Key": "loras/foo/x.safetensors"}, {"Key": "loras/foo/sub/y.safetensors"}]}
+    )
     _put(s3, bucket, {"loras/foo": b"now a file"})
     cache.marker.unlink()
     result = cache.sync()
@@ -1042,11 +1082,23 @@ def test_a_failing_object_fails_the_run_but_not_the_other_prefixes(s3, bucket, c
     """A transfer that fails for a reason no listing predicts (here a folder appears where
     a model is written) is a real error: the run exits non-zero and the marker stays as it
     was, but every other object, in every prefix, converged; the next run repairs it."""
-    _put(s3, bucket, {"checkpoints/a.safetensors": b"a", "checkpoints/b.safetensors": b"b",
-                      "loras/c.safetensors": b"c", "loras/" + "n" * 256: b"skipped, not an error"})
+    _put(
+        s3,
+        bucket,
+        {
+            "checkpoints/a.safetensors": b"a",
+            "checkpoints/b.safetensors": b"b",
+            "loras/c.safetensors": b"c",
+            "loras/" + "n" * 256: b"skipped, not an error",
+        },
+    )
     bin_dir = _aws_wrapper(tmp_path, cache.env)
-    result = cache.sync(MODEL_PREFIXES="checkpoints/ loras/", PATH=f"{bin_dir}{os.pathsep}{cache.env['PATH']}",
-                        AWS_CALLS=str(tmp_path / "calls"), BLOCK_PATH=str(cache.models / "checkpoints" / "a.safetensors"))
+    result = cache.sync(
+        MODEL_PREFIXES="checkpoints/ loras/",
+        PATH=f"{bin_dir}{os.pathsep}{cache.env['PATH']}",
+        AWS_CALLS=str(tmp_path / "calls"),
+        BLOCK_PATH=str(cache.models / "checkpoints" / "a.safetensors"),
+    )
     assert result.returncode != 0
     assert "failed (exit 1)" in result.stderr
     assert not cache.marker.exists()
@@ -1061,8 +1113,9 @@ def test_a_failing_object_fails_the_run_but_not_the_other_prefixes(s3, bucket, c
     assert result.returncode == 0, result.stderr
     assert cache.marker.is_file()
     assert not cache.skipped.exists()
-    _assert_tree(cache, {"checkpoints/a.safetensors": b"a", "checkpoints/b.safetensors": b"b",
-                         "loras/c.safetensors": b"c"})
+    _assert_tree(
+        cache, {"checkpoints/a.safetensors": b"a", "checkpoints/b.safetensors": b"b", "loras/c.safetensors": b"c"}
+    )
 
 
 # --- the node's transfer client: CRT -----------------------------------------------------
@@ -1163,8 +1216,10 @@ class Deadline:
         self.bin.mkdir()
         self.systemctl_log = tmp_path / "systemctl.log"
         systemctl = self.bin / "systemctl"
-        systemctl.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >>{self.systemctl_log}\n'
-                             'if [ "$1" = show ]; then printf "ActiveState=activating\\nNRestarts=7\\n"; fi\n')
+        systemctl.write_text(
+            f'#!/bin/sh\nprintf "%s\\n" "$*" >>{self.systemctl_log}\n'
+            'if [ "$1" = show ]; then printf "ActiveState=activating\\nNRestarts=7\\n"; fi\n'
+        )
         systemctl.chmod(0o755)
         self.cluster = f"deadline-{uuid.uuid4().hex[:10]}"
         self.env = {
@@ -1180,8 +1235,14 @@ class Deadline:
         }
 
     def run(self, **overrides: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["bash", str(DEADLINE)], env={**self.env, **overrides}, capture_output=True,
-                              text=True, timeout=60, check=False)
+        return subprocess.run(
+            ["bash", str(DEADLINE)],
+            env={**self.env, **overrides},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
 
     def systemctl_calls(self) -> list[str]:
         return self.systemctl_log.read_text().splitlines() if self.systemctl_log.exists() else []
@@ -1189,15 +1250,26 @@ class Deadline:
 
 def _deadline_metrics(moto_server: str, cluster: str) -> tuple[list[dict], float]:
     """The deadline metrics of `cluster` in moto, and the sum of their values."""
-    cloudwatch = boto3.client("cloudwatch", endpoint_url=moto_server, region_name="us-west-2",
-                              aws_access_key_id="testing", aws_secret_access_key="testing")
+    cloudwatch = boto3.client(
+        "cloudwatch",
+        endpoint_url=moto_server,
+        region_name="us-west-2",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
     dimensions = [{"Name": names.METRIC_CLUSTER_DIMENSION, "Value": cluster}]
-    metrics = cloudwatch.list_metrics(Namespace=names.METRICS_NAMESPACE, MetricName=names.CACHE_DEADLINE_METRIC,
-                                      Dimensions=dimensions)["Metrics"]
+    metrics = cloudwatch.list_metrics(
+        Namespace=names.METRICS_NAMESPACE, MetricName=names.CACHE_DEADLINE_METRIC, Dimensions=dimensions
+    )["Metrics"]
     now = datetime.now(UTC)
     points = cloudwatch.get_metric_statistics(
-        Namespace=names.METRICS_NAMESPACE, MetricName=names.CACHE_DEADLINE_METRIC, Dimensions=dimensions,
-        StartTime=now - timedelta(hours=1), EndTime=now + timedelta(minutes=5), Period=60, Statistics=["Sum"],
+        Namespace=names.METRICS_NAMESPACE,
+        MetricName=names.CACHE_DEADLINE_METRIC,
+        Dimensions=dimensions,
+        StartTime=now - timedelta(hours=1),
+        EndTime=now + timedelta(minutes=5),
+        Period=60,
+        Statistics=["Sum"],
     )["Datapoints"]
     return metrics, sum(p["Sum"] for p in points)
 
@@ -1207,8 +1279,13 @@ def test_deadline_missed_reports_the_metric_and_powers_off(cli, tmp_path, moto_s
     result = deadline.run()
     assert result.returncode == 0, result.stderr
     metrics, total = _deadline_metrics(moto_server, deadline.cluster)
-    assert metrics == [{"Namespace": names.METRICS_NAMESPACE, "MetricName": names.CACHE_DEADLINE_METRIC,
-                        "Dimensions": [{"Name": names.METRIC_CLUSTER_DIMENSION, "Value": deadline.cluster}]}]
+    assert metrics == [
+        {
+            "Namespace": names.METRICS_NAMESPACE,
+            "MetricName": names.CACHE_DEADLINE_METRIC,
+            "Dimensions": [{"Name": names.METRIC_CLUSTER_DIMENSION, "Value": deadline.cluster}],
+        }
+    ]
     assert total == 1
     assert deadline.systemctl_calls()[-1] == "poweroff"
     # Why, in the journal: the deadline, the missing marker, the sync service's state.
@@ -1247,8 +1324,10 @@ def test_deadline_powers_off_even_when_the_metric_hangs(tmp_path, aws_cli_env):
     assert deadline.systemctl_calls()[-1] == "poweroff"
 
 
-@pytest.mark.parametrize("variable", ["CACHE_MARKER_PATH", "CLUSTER_NAME", "METRICS_NAMESPACE",
-                                      "CACHE_DEADLINE_METRIC", "METRIC_CLUSTER_DIMENSION"])
+@pytest.mark.parametrize(
+    "variable",
+    ["CACHE_MARKER_PATH", "CLUSTER_NAME", "METRICS_NAMESPACE", "CACHE_DEADLINE_METRIC", "METRIC_CLUSTER_DIMENSION"],
+)
 def test_deadline_requires_its_variables(tmp_path, aws_cli_env, variable):
     deadline = Deadline(tmp_path, aws_cli_env)
     result = deadline.run(**{variable: ""})

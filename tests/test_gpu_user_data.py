@@ -33,7 +33,7 @@ DEADLINE = REPO / "modules" / "scripts" / "model-cache-deadline.sh"
 ARGS = {
     "models_bucket": "comfyui-models-123456789012",
     "region": "eu-west-1",
-    "model_prefixes": ("checkpoints/", "loras"),
+    "model_prefixes": ("checkpoints/", "loras/"),
     "cluster_name": "comfyui-prod",
     "cache_deadline_seconds": 5400,
 }
@@ -143,8 +143,11 @@ def test_the_bootstrap_installs_the_scripts(tmp_path):
     moved = re.sub(r"(?<=[ =<>])/usr/local/", f"{root}/usr/local/", script[: script.index("if ! bash ")])
     assert "/usr/local/" not in moved.replace(f"{root}/usr/local/", ""), "a path was left unmoved"
     subprocess.run(["bash", "-c", moved], env={"PATH": "/usr/bin:/bin"}, check=True)
-    for path, source in ((names.SYNC_SCRIPT_PATH, SYNC), (names.CACHE_DEADLINE_SCRIPT_PATH, DEADLINE),
-                         (str(SETUP_INSTALL_PATH), SETUP)):
+    for path, source in (
+        (names.SYNC_SCRIPT_PATH, SYNC),
+        (names.CACHE_DEADLINE_SCRIPT_PATH, DEADLINE),
+        (str(SETUP_INSTALL_PATH), SETUP),
+    ):
         assert Path(f"{root}{path}").read_bytes() == shipped_script(source), path
     for path in (names.SYNC_SCRIPT_PATH, names.CACHE_DEADLINE_SCRIPT_PATH):
         assert Path(f"{root}{path}").stat().st_mode & 0o111 == 0o111
@@ -156,7 +159,9 @@ def _parsed(text: str) -> str:
     the script wrapped in a function, printed back by `declare -f`."""
     result = subprocess.run(
         ["bash", "-c", 'eval "__script() {\n$1\n}" && declare -f __script', "_", text],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return result.stdout
 
@@ -199,9 +204,11 @@ def test_the_program_check_catches_a_changed_heredoc(changed):
 
 def test_longest_names_fit_the_budget():
     user_data = render_gpu_user_data(
-        models_bucket="b" * 63, region="ap-southeast-4",
+        models_bucket="b" * 63,
+        region="ap-southeast-4",
         model_prefixes=tuple(f"{'p' * 40}{i}/" for i in range(20)),
-        cluster_name="c" * 100, cache_deadline_seconds=604_800,
+        cluster_name="c" * 100,
+        cache_deadline_seconds=604_800,
     )
     assert len(user_data.encode()) <= USER_DATA_BUDGET_BYTES
 
@@ -211,7 +218,9 @@ def test_bootstrap_order():
     # Exported before anything reads them; the scripts are installed before set-up runs.
     assert script.index("export CACHE_DEADLINE_SCRIPT_PATH=") < script.index("base64 -d")
     assert script.index('>"${SYNC_SCRIPT_PATH}"') < script.index(f">{shlex.quote(str(SETUP_INSTALL_PATH))}")
-    assert script.index('>"${CACHE_DEADLINE_SCRIPT_PATH}"') < script.index(f"if ! bash {shlex.quote(str(SETUP_INSTALL_PATH))}")
+    assert script.index('>"${CACHE_DEADLINE_SCRIPT_PATH}"') < script.index(
+        f"if ! bash {shlex.quote(str(SETUP_INSTALL_PATH))}"
+    )
     assert f"if ! bash {shlex.quote(str(SETUP_INSTALL_PATH))}; then" in script
 
 
@@ -220,7 +229,7 @@ def test_failed_setup_powers_the_node_off(tmp_path, setup_exit, powered_off):
     """The bootstrap's tail, with the set-up script replaced by one that exits `setup_exit`
     and systemctl stubbed: a failed set-up powers the node off, a good one does not."""
     script = _script(render_gpu_user_data(**ARGS))
-    tail = script[script.index(f"if ! bash {shlex.quote(str(SETUP_INSTALL_PATH))}"):]
+    tail = script[script.index(f"if ! bash {shlex.quote(str(SETUP_INSTALL_PATH))}") :]
     fake_setup = tmp_path / "setup.sh"
     fake_setup.write_text(f"exit {setup_exit}\n")
     bin_dir = tmp_path / "bin"
@@ -229,8 +238,12 @@ def test_failed_setup_powers_the_node_off(tmp_path, setup_exit, powered_off):
     (bin_dir / "systemctl").write_text(f'#!/bin/sh\necho "$@" >> {shlex.quote(str(log))}\n')
     (bin_dir / "systemctl").chmod(0o755)
     tail = tail.replace(shlex.quote(str(SETUP_INSTALL_PATH)), shlex.quote(str(fake_setup)))
-    result = subprocess.run(["bash", "-c", "set -euo pipefail\n" + tail], env={"PATH": f"{bin_dir}:/usr/bin:/bin"},
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["bash", "-c", "set -euo pipefail\n" + tail],
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+    )
     assert (result.returncode != 0) is powered_off
     assert (log.exists() and log.read_text().strip() == "poweroff") is powered_off
 
@@ -243,8 +256,11 @@ def test_user_data_fits_ec2_limit_with_karpenter_part():
 
     config = load_config()
     user_data = render_gpu_user_data(
-        models_bucket=config.models_bucket, region=config.region, model_prefixes=config.model_sync.prefixes,
-        cluster_name=config.cluster_name, cache_deadline_seconds=config.gpu.model_cache_deadline_seconds,
+        models_bucket=config.models_bucket,
+        region=config.region,
+        model_prefixes=config.model_sync.prefixes,
+        cluster_name=config.cluster_name,
+        cache_deadline_seconds=config.gpu.model_cache_deadline_seconds,
     )
     assert len(user_data.encode()) <= USER_DATA_BUDGET_BYTES <= 16_384 - 4_000
 
@@ -295,8 +311,12 @@ def test_rejects_odd_regions(region):
         render_gpu_user_data(**{**ARGS, "region": region})
 
 
-@pytest.mark.parametrize("prefix", ["../etc/", "a/b/", ".", "..", "", "loras; reboot", "it's/"])
+@pytest.mark.parametrize(
+    "prefix", ["../etc/", "a/b/", ".", "..", "", "loras; reboot", "it's/", "loras", "/loras/", "loras//", " loras/"]
+)
 def test_rejects_prefixes_that_are_not_one_folder(prefix):
+    """Only the canonical form the configuration produces (core.rules.MODEL_PREFIX): nothing is
+    normalised on the way to the node."""
     with pytest.raises(ValueError, match="prefix"):
         render_gpu_user_data(**{**ARGS, "model_prefixes": (prefix,)})
 
@@ -313,7 +333,7 @@ def _terraform_literal(template: str) -> str:
             out.append(template[i + 1 : i + 3])
             i += 3
         elif template.startswith(("${", "%{"), i):
-            raise AssertionError(f"unescaped template sequence at {i}: {template[i:i + 20]!r}")
+            raise AssertionError(f"unescaped template sequence at {i}: {template[i : i + 20]!r}")
         else:
             out.append(template[i])
             i += 1

@@ -105,9 +105,15 @@ def test_gpu_instances_carry_the_project_tags(synth, nodeclass_validator):
     tags = _class(synth.config)["spec"]["tags"]
     assert synth.config.tags.items() <= tags.items()
     hostile = gpu_node_class(
-        cluster_name="c", node_role_name="r", models_bucket="models-bucket", region="us-west-2", model_prefixes=("loras/",),
-        root_volume_gib=100, tags={names.NODE_CLUSTER_TAG_KEY: "someone-else", "team": "art"},
-        ami_alias="al2023@v20260714", cache_deadline_seconds=3600,
+        cluster_name="c",
+        node_role_name="r",
+        models_bucket="models-bucket",
+        region="us-west-2",
+        model_prefixes=("loras/",),
+        root_volume_gib=100,
+        tags={names.NODE_CLUSTER_TAG_KEY: "someone-else", "team": "art"},
+        ami_alias="al2023@v20260714",
+        cache_deadline_seconds=3600,
     )
     assert hostile["spec"]["tags"][names.NODE_CLUSTER_TAG_KEY] == "c" and hostile["spec"]["tags"]["team"] == "art"
     assert errors(nodeclass_validator, hostile) == []
@@ -180,7 +186,13 @@ def test_device_plugin_schedules_on_karpenter_gpu_nodes(synth):
     values = yaml.safe_load(_release(synth, "nvidia-device-plugin")["values"][0])
     assert {"key": names.GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"} in values["tolerations"]
     terms = values["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
-    assert terms == [{"matchExpressions": [{"key": "karpenter.k8s.aws/instance-gpu-manufacturer", "operator": "In", "values": ["nvidia"]}]}]
+    assert terms == [
+        {
+            "matchExpressions": [
+                {"key": "karpenter.k8s.aws/instance-gpu-manufacturer", "operator": "In", "values": ["nvidia"]}
+            ]
+        }
+    ]
 
 
 def test_karpenter_submodule_node_role(synth):

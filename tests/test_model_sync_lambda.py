@@ -31,7 +31,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from moto import mock_aws
 
-from core import names
+from core import names, rules
 from lambda_src.model_sync import handler, logic
 from tests.helpers import REPO
 
@@ -45,6 +45,7 @@ LAMBDA_DIR = REPO / "lambda_src" / "model_sync"
 
 
 # --- fixtures & builders ---------------------------------------------------------------
+
 
 def lambda_env(**overrides: str) -> dict[str, str]:
     env = {
@@ -170,6 +171,7 @@ def record_send_command(calls: list[dict]) -> None:
 # operation gets the next scripted response, and botocore's real retry machinery (adaptive
 # mode) decides what to do with it.
 
+
 class _Body:
     def __init__(self, data: bytes):
         self._data = data
@@ -196,8 +198,10 @@ def json_error(code: str, status: int = 400) -> tuple[int, bytes]:
 
 
 def ec2_error(code: str, status: int = 403) -> tuple[int, bytes]:
-    return status, (f"<Response><Errors><Error><Code>{code}</Code><Message>simulated</Message>"
-                    "</Error></Errors><RequestID>r</RequestID></Response>").encode()
+    return status, (
+        f"<Response><Errors><Error><Code>{code}</Code><Message>simulated</Message>"
+        "</Error></Errors><RequestID>r</RequestID></Response>"
+    ).encode()
 
 
 class FakeAws:
@@ -214,8 +218,7 @@ class FakeAws:
         script = self.scripts[operation]
         status, payload = script[min(n, len(script) - 1)]
         content_type = "text/xml" if payload.startswith(b"<") else "application/x-amz-json-1.1"
-        return AWSResponse(request.url, status, {"x-amzn-RequestId": "r", "Content-Type": content_type},
-                           _Body(payload))
+        return AWSResponse(request.url, status, {"x-amzn-RequestId": "r", "Content-Type": content_type}, _Body(payload))
 
 
 @pytest.fixture
@@ -235,6 +238,7 @@ def fake_aws(env, monkeypatch):
 
 # --- the Lambda package stands alone --------------------------------------------------
 
+
 def test_env_names_equal_core_names():
     assert logic.ENV_CLUSTER_NAME == names.ENV_CLUSTER_NAME
     assert logic.ENV_MODELS_BUCKET == names.ENV_MODELS_BUCKET
@@ -247,8 +251,15 @@ def test_env_names_equal_core_names():
     assert env_names == {v for k, v in vars(logic).items() if k.startswith("ENV_")}
 
 
+def test_model_prefix_rule_equals_the_configurations():
+    """The Lambda's copy of the model-prefix rule is core.rules.MODEL_PREFIX, flags included
+    (tests/test_rules.py holds the node script to the same rule)."""
+    assert logic.MODEL_PREFIX.pattern == rules.MODEL_PREFIX.pattern
+    assert logic.MODEL_PREFIX.flags == rules.MODEL_PREFIX.flags
+
+
 def test_config_reads_the_core_env_names():
-    c = logic.Config.from_env(lambda_env(**{names.ENV_MODEL_PREFIXES: " checkpoints/ ,loras"}))
+    c = logic.Config.from_env(lambda_env(**{names.ENV_MODEL_PREFIXES: "checkpoints/,loras/"}))
     assert c == logic.Config(
         cluster_name=CLUSTER,
         models_bucket=MODELS_BUCKET,
@@ -293,8 +304,20 @@ def test_runtime_code_does_not_import_core(path):
             imported |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             imported.add(node.module.split(".")[0])
-    assert imported <= {"__future__", "json", "logging", "os", "typing", "urllib", "collections",
-                        "dataclasses", "boto3", "botocore", "logic"}, imported
+    assert imported <= {
+        "__future__",
+        "json",
+        "logging",
+        "os",
+        "re",
+        "typing",
+        "urllib",
+        "collections",
+        "dataclasses",
+        "boto3",
+        "botocore",
+        "logic",
+    }, imported
 
 
 @pytest.mark.parametrize("layout", ["flat", "package"])
@@ -319,20 +342,32 @@ def test_imports_alone_without_clients(tmp_path, layout):
 
 # --- pure logic -----------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
         ("checkpoints/,loras/", ("checkpoints/", "loras/")),
-        (" checkpoints/ , loras ,", ("checkpoints/", "loras/")),
-        ("/vae", ("vae/",)),
-        ("a/,a/,a", ("a/",)),
+        (" checkpoints/,loras/\n", ("checkpoints/", "loras/")),
+        ("a/,a/", ("a/",)),
         ("", ()),
-        (" , ", ()),
+        ("  ", ()),
         (None, ()),
     ],
 )
 def test_parse_prefixes(raw, expected):
     assert logic.parse_prefixes(raw) == expected
+
+
+@pytest.mark.parametrize(
+    "raw", [" checkpoints/ , loras ,", "/vae", "a/,a/,a", "loras", " , ", "checkpoints/,", "../etc/", "a/b/", "é/"]
+)
+def test_prefixes_not_in_the_canonical_form_fail_loudly(raw):
+    """Terraform writes the configuration's prefixes as they are (core.rules.MODEL_PREFIX):
+    anything else is a deployment bug, never normalised into a guess."""
+    with pytest.raises(logic.ConfigError, match=names.ENV_MODEL_PREFIXES):
+        logic.parse_prefixes(raw)
+    with pytest.raises(logic.ConfigError):
+        logic.Config.from_env(lambda_env(**{names.ENV_MODEL_PREFIXES: raw}))
 
 
 @pytest.mark.parametrize(
@@ -378,8 +413,10 @@ def test_is_relevant(event, key, prefixes, relevant):
 
 
 def test_split_by_bucket():
-    changes = [logic.S3Change("ObjectCreated:Put", b, f"checkpoints/{i}")
-               for i, b in enumerate(["models", "other", "models", "Models", "models-old", ""])]
+    changes = [
+        logic.S3Change("ObjectCreated:Put", b, f"checkpoints/{i}")
+        for i, b in enumerate(["models", "other", "models", "Models", "models-old", ""])
+    ]
     mine, others = logic.split_by_bucket(changes, "models")
     assert [c.key for c in mine] == ["checkpoints/0", "checkpoints/2"]
     assert [c.bucket for c in others] == ["other", "Models", "models-old", ""]
@@ -405,7 +442,10 @@ def test_parse_event_reads_sqs_s3_and_test_events():
         ("ObjectCreated:Put", "checkpoints/direct"),
     ]
     assert [c.key for c in logic.relevant_changes(parsed.changes, P)] == [
-        "checkpoints/sd xl.safetensors", "loras/a.bin", "checkpoints/direct"]
+        "checkpoints/sd xl.safetensors",
+        "loras/a.bin",
+        "checkpoints/direct",
+    ]
 
 
 MALFORMED_EVENTS = {
@@ -424,8 +464,9 @@ MALFORMED_EVENTS = {
     "s3-record-not-object": sqs_event('{"Records": ["x"]}'),
     "s3-record-no-s3": sqs_event(body({"eventName": "ObjectCreated:Put"})),
     "s3-record-no-object": sqs_event(body({"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "b"}}})),
-    "key-not-string": sqs_event(body({"eventName": "ObjectCreated:Put",
-                                      "s3": {"bucket": {"name": "b"}, "object": {"key": 7}}})),
+    "key-not-string": sqs_event(
+        body({"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "b"}, "object": {"key": 7}}})
+    ),
     "event-name-not-string": sqs_event(body({"eventName": None, "s3": {}})),
     "deep-nesting": sqs_event("[" * 100_000 + "]" * 100_000),
     "direct-s3-broken": {"Records": [{"s3": {"object": {}}}]},
@@ -453,10 +494,16 @@ json_values = st.recursive(
     max_leaves=20,
 )
 s3ish_records = st.fixed_dictionaries(
-    {"eventName": st.sampled_from(["ObjectCreated:Put", "ObjectRemoved:Delete", "x"]) | json_values,
-     "s3": st.fixed_dictionaries({"bucket": st.fixed_dictionaries({"name": st.text() | json_values}),
-                                  "object": st.fixed_dictionaries({"key": st.text() | json_values})})
-     | json_values},
+    {
+        "eventName": st.sampled_from(["ObjectCreated:Put", "ObjectRemoved:Delete", "x"]) | json_values,
+        "s3": st.fixed_dictionaries(
+            {
+                "bucket": st.fixed_dictionaries({"name": st.text() | json_values}),
+                "object": st.fixed_dictionaries({"key": st.text() | json_values}),
+            }
+        )
+        | json_values,
+    },
 )
 bodies = st.one_of(
     st.text(),
@@ -467,10 +514,12 @@ bodies = st.one_of(
 
 
 @settings(max_examples=300, deadline=None)
-@given(events=st.one_of(
-    json_values,
-    st.lists(bodies, max_size=5).map(lambda bs: {"Records": [sqs_record(b) for b in bs]}),
-))
+@given(
+    events=st.one_of(
+        json_values,
+        st.lists(bodies, max_size=5).map(lambda bs: {"Records": [sqs_record(b) for b in bs]}),
+    )
+)
 def test_parse_event_never_raises(events):
     parsed = logic.parse_event(events)
     for change in parsed.changes:
@@ -503,6 +552,7 @@ def test_key_log_lines_are_bounded():
 
 
 # --- handler against moto -------------------------------------------------------------
+
 
 def test_handler_targets_only_this_clusters_gpu_nodes(aws):
     mine = {run_node(), run_node()}
@@ -550,8 +600,15 @@ def test_no_running_gpu_node_no_command(aws, fleet, caplog):
         boto3.client("ec2", region_name=REGION).stop_instances(InstanceIds=[node])
     caplog.set_level(logging.INFO)
     out = handler.handler(sqs_event(body(s3_record("checkpoints/a"))), None)
-    assert out == {"records": 1, "changes": 1, "other_bucket": 0, "relevant": 1, "skipped": 0, "nodes": 0,
-                   "command_id": None}
+    assert out == {
+        "records": 1,
+        "changes": 1,
+        "other_bucket": 0,
+        "relevant": 1,
+        "skipped": 0,
+        "nodes": 0,
+        "command_id": None,
+    }
     assert list_commands() == []
     assert "no running GPU node" in caplog.text
 
@@ -642,20 +699,25 @@ def test_hostile_keys_only_reach_the_log(aws, caplog):
     out = handler.handler(sqs_event(*(body(s3_record(k)) for k in HOSTILE)), None)
     assert out["relevant"] == len(HOSTILE)
     _assert_safe(calls, caplog, len(HOSTILE))
-    logged = [json.loads(r.getMessage().removeprefix("model change: "))["key"]
-              for r in caplog.records if r.getMessage().startswith("model change: ")]
+    logged = [
+        json.loads(r.getMessage().removeprefix("model change: "))["key"]
+        for r in caplog.records
+        if r.getMessage().startswith("model change: ")
+    ]
     assert logged == HOSTILE
 
 
 def test_hostile_keys_property(env, caplog):
     """Arbitrary unicode keys, encoded the ways S3/moto encode them or not at all."""
     caplog.set_level(logging.INFO)
-    encoders = st.sampled_from([
-        lambda k: quote_plus(k, safe="/"),  # real S3
-        lambda k: quote_plus(k),  # moto: '/' as %2F
-        lambda k: quote(k),
-        lambda k: k,  # not encoded at all
-    ])
+    encoders = st.sampled_from(
+        [
+            lambda k: quote_plus(k, safe="/"),  # real S3
+            lambda k: quote_plus(k),  # moto: '/' as %2F
+            lambda k: quote(k),
+            lambda k: k,  # not encoded at all
+        ]
+    )
     with mock_aws():
         run_node()
         calls: list[dict] = []
@@ -665,22 +727,25 @@ def test_hostile_keys_property(env, caplog):
         @given(
             keys=st.lists(
                 st.tuples(st.sampled_from(["", "checkpoints/", "loras/", "notes/", "-", "../"]), st.text()),
-                min_size=1, max_size=6,
+                min_size=1,
+                max_size=6,
             ),
             encode=encoders,
-            events=st.lists(st.sampled_from(["ObjectCreated:Put", "ObjectRemoved:Delete", "ObjectTagging:Put"]),
-                            min_size=6, max_size=6),
+            events=st.lists(
+                st.sampled_from(["ObjectCreated:Put", "ObjectRemoved:Delete", "ObjectTagging:Put"]),
+                min_size=6,
+                max_size=6,
+            ),
         )
         def check(keys, encode, events):
             calls.clear()
             caplog.clear()
             full = [p + k for p, k in keys]
-            records = [s3_record(encode(k), e, encode=False) for k, e in zip(full, events)]
+            records = [s3_record(encode(k), e, encode=False) for k, e in zip(full, events, strict=False)]
             out = handler.handler(sqs_event(*(body(r) for r in records)), None)
             decoded = [logic.decode_key(r["s3"]["object"]["key"]) for r in records]
             relevant = sum(
-                1 for k, e in zip(decoded, events)
-                if e != "ObjectTagging:Put" and k.startswith(P)
+                1 for k, e in zip(decoded, events, strict=False) if e != "ObjectTagging:Put" and k.startswith(P)
             )
             assert out["relevant"] == relevant
             _assert_safe(calls, caplog, relevant)
@@ -690,11 +755,13 @@ def test_hostile_keys_property(env, caplog):
 
 # --- a real burst: moto S3 -> SQS -> handler ------------------------------------------
 
+
 def receive_all(sqs, queue_url: str) -> list[dict]:
     messages = []
     while True:
-        batch = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10,
-                                    AttributeNames=["All"]).get("Messages", [])
+        batch = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, AttributeNames=["All"]).get(
+            "Messages", []
+        )
         if not batch:
             return messages
         messages.extend(batch)
@@ -702,20 +769,22 @@ def receive_all(sqs, queue_url: str) -> list[dict]:
 
 def lambda_event_from_sqs(messages: list[dict], queue_arn: str) -> dict:
     """The event Lambda's SQS event source mapping builds from received messages."""
-    return {"Records": [
-        {
-            "messageId": m["MessageId"],
-            "receiptHandle": m["ReceiptHandle"],
-            "body": m["Body"],
-            "attributes": m.get("Attributes", {}),
-            "messageAttributes": {},
-            "md5OfBody": m["MD5OfBody"],
-            "eventSource": "aws:sqs",
-            "eventSourceARN": queue_arn,
-            "awsRegion": REGION,
-        }
-        for m in messages
-    ]}
+    return {
+        "Records": [
+            {
+                "messageId": m["MessageId"],
+                "receiptHandle": m["ReceiptHandle"],
+                "body": m["Body"],
+                "attributes": m.get("Attributes", {}),
+                "messageAttributes": {},
+                "md5OfBody": m["MD5OfBody"],
+                "eventSource": "aws:sqs",
+                "eventSourceARN": queue_arn,
+                "awsRegion": REGION,
+            }
+            for m in messages
+        ]
+    }
 
 
 def models_bucket_with_queue(bucket: str) -> tuple[str, str]:
@@ -724,8 +793,12 @@ def models_bucket_with_queue(bucket: str) -> tuple[str, str]:
     queue_url = sqs.create_queue(QueueName=f"{bucket}-events")["QueueUrl"]
     queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
-    s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration={"QueueConfigurations": [
-        {"QueueArn": queue_arn, "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]}]})
+    s3.put_bucket_notification_configuration(
+        Bucket=bucket,
+        NotificationConfiguration={
+            "QueueConfigurations": [{"QueueArn": queue_arn, "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]}]
+        },
+    )
     return queue_url, queue_arn
 
 
@@ -737,8 +810,12 @@ def test_records_of_other_buckets_are_ignored_and_counted(aws, monkeypatch, capl
     queue_url, queue_arn = models_bucket_with_queue("models-mine")
     s3 = boto3.client("s3", region_name=REGION)
     s3.create_bucket(Bucket="someone-elses", CreateBucketConfiguration={"LocationConstraint": REGION})
-    s3.put_bucket_notification_configuration(Bucket="someone-elses", NotificationConfiguration={"QueueConfigurations": [
-        {"QueueArn": queue_arn, "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]}]})
+    s3.put_bucket_notification_configuration(
+        Bucket="someone-elses",
+        NotificationConfiguration={
+            "QueueConfigurations": [{"QueueArn": queue_arn, "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]}]
+        },
+    )
     for key in ("checkpoints/evil.safetensors", "loras/x.bin"):
         s3.put_object(Bucket="someone-elses", Key=key, Body=b"x")
     s3.delete_object(Bucket="someone-elses", Key="loras/x.bin")
@@ -801,6 +878,7 @@ def test_real_burst_of_uploads_is_one_command(aws, monkeypatch):
 
 # --- retries, throttling, failures ----------------------------------------------------
 
+
 @pytest.fixture
 def no_backoff_sleep(monkeypatch):
     """Record botocore's retry backoff and adaptive rate-limit waits instead of sleeping."""
@@ -848,8 +926,9 @@ def test_throttled_send_command_is_retried(fake_aws, no_backoff_sleep):
 
 
 def test_throttled_describe_instances_is_retried(fake_aws, no_backoff_sleep):
-    fake = fake_aws(DescribeInstances=[ec2_error("RequestLimitExceeded", 503)] * 2 + [DESCRIBE_ONE_NODE],
-                    SendCommand=[SEND_OK])
+    fake = fake_aws(
+        DescribeInstances=[ec2_error("RequestLimitExceeded", 503)] * 2 + [DESCRIBE_ONE_NODE], SendCommand=[SEND_OK]
+    )
     out = handler.handler(sqs_event(body(s3_record("checkpoints/a"))), None)
     assert out["command_id"] == "cmd-fake-1"
     assert fake.attempts == {"DescribeInstances": 3, "SendCommand": 1}
@@ -862,12 +941,15 @@ def test_throttling_that_never_ends_raises_for_redelivery(fake_aws, no_backoff_s
     assert fake.attempts["SendCommand"] == 11  # max_attempts=10 retries, then SQS redelivers
 
 
-@pytest.mark.parametrize(("operation", "error"), [
-    ("SendCommand", json_error("AccessDeniedException")),
-    ("SendCommand", json_error("InvalidDocument")),
-    ("SendCommand", json_error("InvalidTarget")),
-    ("DescribeInstances", ec2_error("UnauthorizedOperation")),
-])
+@pytest.mark.parametrize(
+    ("operation", "error"),
+    [
+        ("SendCommand", json_error("AccessDeniedException")),
+        ("SendCommand", json_error("InvalidDocument")),
+        ("SendCommand", json_error("InvalidTarget")),
+        ("DescribeInstances", ec2_error("UnauthorizedOperation")),
+    ],
+)
 def test_non_retryable_failure_raises_at_once(fake_aws, no_backoff_sleep, operation, error):
     scripts = {"DescribeInstances": [DESCRIBE_ONE_NODE], "SendCommand": [SEND_OK]}
     scripts[operation] = [error]

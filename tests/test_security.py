@@ -35,7 +35,10 @@ def test_every_bucket_has_the_baseline(synth_variants):
         for cycle, key, bucket in _buckets(synth):
             ref = f"${{aws_s3_bucket.{key}.id}}"
             pab = _by_bucket(synth, cycle, "aws_s3_bucket_public_access_block")[ref]
-            assert all(pab[k] is True for k in ("block_public_acls", "block_public_policy", "ignore_public_acls", "restrict_public_buckets"))
+            assert all(
+                pab[k] is True
+                for k in ("block_public_acls", "block_public_policy", "ignore_public_acls", "restrict_public_buckets")
+            )
             own = _by_bucket(synth, cycle, "aws_s3_bucket_ownership_controls")[ref]
             assert own["rule"]["object_ownership"] == "BucketOwnerEnforced"
             enc = _by_bucket(synth, cycle, "aws_s3_bucket_server_side_encryption_configuration")[ref]
@@ -47,13 +50,16 @@ def test_every_bucket_has_the_baseline(synth_variants):
             else:
                 assert default["sse_algorithm"] == "aws:kms", bucket["bucket"]
                 assert default["kms_master_key_id"].startswith("${aws_kms_key."), bucket["bucket"]
-                assert ref in _by_bucket(synth, cycle, "aws_s3_bucket_logging"), f"{bucket['bucket']} has no access logging"
+                assert ref in _by_bucket(synth, cycle, "aws_s3_bucket_logging"), (
+                    f"{bucket['bucket']} has no access logging"
+                )
             policy_ref = _by_bucket(synth, cycle, "aws_s3_bucket_policy")[ref]["policy"]
             doc_key = policy_ref.split(".")[2]
             doc = synth.stack(cycle)["data"]["aws_iam_policy_document"][doc_key]
             deny = [s for s in doc["statement"] if s["effect"] == "Deny"]
             assert any(
-                s["condition"][0]["variable"] == "aws:SecureTransport" and s["condition"][0]["values"] == ["false"]
+                s["condition"][0]["variable"] == "aws:SecureTransport"
+                and s["condition"][0]["values"] == ["false"]
                 and len(s["resources"]) == 2
                 for s in deny
             ), f"{bucket['bucket']} lacks a TLS-only policy"
@@ -76,7 +82,9 @@ def test_kms_keys_rotate_and_have_policies(synth_variants):
                 assert key["enable_key_rotation"] is True
                 policy = json.loads(key["policy"])
                 admins = [s for s in policy["Statement"] if s["Sid"] == "AccountAdministers"]
-                assert admins[0]["Principal"]["AWS"] == [f"arn:{synth.config.partition}:iam::{synth.config.account_id}:root"]
+                assert admins[0]["Principal"]["AWS"] == [
+                    f"arn:{synth.config.partition}:iam::{synth.config.account_id}:root"
+                ]
 
 
 def test_backends_remote_encrypted_and_locked(synth_variants):
@@ -134,7 +142,10 @@ def test_cluster_access_only_for_the_configured_roles(synth_variants):
     assert access.viewer_role_arns and access.admin_role_arns
     by_principal = {e["principal_arn"]: e for e in entries.values()}
     assert set(by_principal) == {*access.viewer_role_arns, *access.admin_role_arns}
-    for arns, policy in ((access.viewer_role_arns, "AmazonEKSAdminViewPolicy"), (access.admin_role_arns, "AmazonEKSClusterAdminPolicy")):
+    for arns, policy in (
+        (access.viewer_role_arns, "AmazonEKSAdminViewPolicy"),
+        (access.admin_role_arns, "AmazonEKSClusterAdminPolicy"),
+    ):
         for arn in arns:
             (association,) = by_principal[arn]["policy_associations"].values()
             assert association == {
@@ -155,7 +166,10 @@ def test_vpc_private_by_default(synth_variants):
         assert vpc["one_nat_gateway_per_az"] is (synth.config.network.nat_mode == "per_az")
         assert vpc["private_subnet_tags"]["karpenter.sh/discovery"] == synth.config.cluster_name
         endpoints = synth.resources("platform", "aws_vpc_endpoint")
-        assert any(e["service_name"] == f"com.amazonaws.{synth.config.region}.s3" and e["vpc_endpoint_type"] == "Gateway" for e in endpoints.values())
+        assert any(
+            e["service_name"] == f"com.amazonaws.{synth.config.region}.s3" and e["vpc_endpoint_type"] == "Gateway"
+            for e in endpoints.values()
+        )
 
 
 @pytest.mark.parametrize(("cidr", "azs"), [("10.42.0.0/16", 3), ("10.0.0.0/20", 6), ("172.16.0.0/18", 2)])
@@ -169,8 +183,8 @@ def test_subnet_plan_is_disjoint_and_inside_the_vpc(cidr, azs):
     assert len(plan.private) == len(plan.internal_alb) == len(plan.public) == azs
     vpc = ipaddress.IPv4Network(cidr)
     assert all(n.subnet_of(vpc) for n in nets)
-    assert all(not a.overlaps(b) for i, a in enumerate(nets) for b in nets[i + 1:])
-    for private, small in zip(plan.private, plan.internal_alb + plan.public):
+    assert all(not a.overlaps(b) for i, a in enumerate(nets) for b in nets[i + 1 :])
+    for private, small in zip(plan.private, plan.internal_alb + plan.public, strict=False):
         assert ipaddress.IPv4Network(private).num_addresses >= 8 * ipaddress.IPv4Network(small).num_addresses
     # An ALB needs a /27 at least (8 free addresses).
     assert all(ipaddress.IPv4Network(n).prefixlen <= 27 for n in plan.internal_alb + plan.public)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError  # type: ignore[import-untyped]
 
 try:  # imported as the package lambda_src.jobs (tests)
     from . import aws, contract, listing, store, validation, views
@@ -342,6 +342,7 @@ def _log_failure(exc: BaseException, request_id: str, route: Any) -> None:
     message = str(exc) if isinstance(exc, ClientError) else str(exc)[:200]
     frames = "".join(traceback.format_tb(exc.__traceback__))
     LOG.error(
+        "%s\n%s",
         json.dumps(
             {
                 "event": "unexpected_error",
@@ -350,9 +351,8 @@ def _log_failure(exc: BaseException, request_id: str, route: Any) -> None:
                 "error": type(exc).__name__,
                 "message": message,
             }
-        )
-        + "\n"
-        + frames
+        ),
+        frames,
     )
 
 

@@ -12,10 +12,10 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
-import boto3
-from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
-from botocore.config import Config as BotoConfig
-from botocore.exceptions import BotoCoreError, ClientError
+import boto3  # type: ignore[import-untyped]
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer  # type: ignore[import-untyped]
+from botocore.config import Config as BotoConfig  # type: ignore[import-untyped]
+from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
 
 CLIENT_CONFIG = BotoConfig(connect_timeout=2, read_timeout=5, retries={"mode": "standard", "max_attempts": 3})
 # Presigned S3 URLs: SigV4 and virtual-hosted style (the only forms S3 accepts everywhere).
@@ -47,7 +47,7 @@ def client(service: str) -> Any:
     """The one client of `service` for this container."""
     if service not in _CLIENTS:
         config = PRESIGN_CONFIG if service == "s3" else CLIENT_CONFIG
-        _CLIENTS[service] = boto3.client(service, config=config)  # type: ignore[call-overload]
+        _CLIENTS[service] = boto3.client(service, config=config)
     return _CLIENTS[service]
 
 

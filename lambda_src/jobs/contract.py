@@ -98,26 +98,33 @@ JOB_ID_PATTERN = re.compile(r"[0-9a-f]{32}", re.ASCII)
 INPUT_NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", re.ASCII)
 
 
+# --- S3 keys ------------------------------------------------------------------------------
+# Every object of a job, in the inputs and the outputs bucket, is under JOBS_PREFIX<id>/: the
+# IAM policies (modules/jobs.py) and the inputs bucket's expiry rule (modules/model_store.py)
+# name this prefix.
+JOBS_PREFIX = "jobs/"
+
+
 def workflow_key(job_id: str) -> str:
     """Inputs bucket: the workflow of a job too large for its SQS message."""
-    return f"jobs/{job_id}/workflow.json"
+    return f"{JOBS_PREFIX}{job_id}/workflow.json"
 
 
 def input_key(job_id: str, name: str) -> str:
     """Inputs bucket: an input image sent inline (base64) with the job."""
-    return f"jobs/{job_id}/inputs/{name}"
+    return f"{JOBS_PREFIX}{job_id}/inputs/{name}"
 
 
 def output_prefix(job_id: str) -> str:
     """Outputs bucket: every file the job produced, under its job id."""
-    return f"jobs/{job_id}/"
+    return f"{JOBS_PREFIX}{job_id}/"
 
 
 def comfyui_subfolder(job_id: str) -> str:
     """The input subfolder in ComfyUI that holds one job's uploaded images (never shared).
     ComfyUI's input folder is the inputs bucket (Mountpoint), so this must not be a prefix the
     API writes to itself (jobs/<id>/inputs/, jobs/<id>/workflow.json)."""
-    return f"jobs/{job_id}/comfyui"
+    return f"{JOBS_PREFIX}{job_id}/comfyui"
 
 
 def client_token_key(principal: str, token: str) -> str:
@@ -167,7 +174,9 @@ def claim_update(*, runner: str, at: int) -> dict[str, Any]:
             "SET #s = :running, #r = :runner, #l = :lease, #u = :at, #st = if_not_exists(#st, :at) "
             "ADD #a :one REMOVE #p"
         ),
-        "ConditionExpression": "attribute_exists(#id) AND (#s = :queued OR (#s = :running AND #l < :at)) AND NOT #c = :true",
+        "ConditionExpression": (
+            "attribute_exists(#id) AND (#s = :queued OR (#s = :running AND #l < :at)) AND NOT #c = :true"
+        ),
         "ExpressionAttributeNames": {
             "#id": JOB_ID,
             "#s": STATUS,

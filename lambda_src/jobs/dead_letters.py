@@ -21,7 +21,7 @@ import os
 from collections import Counter
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError  # type: ignore[import-untyped]
 
 try:  # imported as the package lambda_src.jobs (tests)
     from . import aws, contract

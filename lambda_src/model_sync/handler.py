@@ -15,8 +15,8 @@ import logging
 import os
 from typing import Any
 
-import boto3
-from botocore.config import Config as BotoConfig
+import boto3  # type: ignore[import-untyped]
+from botocore.config import Config as BotoConfig  # type: ignore[import-untyped]
 
 try:  # packaged as the package `model_sync`
     from . import logic

@@ -15,6 +15,7 @@ ignored and counted: they can never trigger a command.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,11 @@ REQUIRED_ENV = (
     ENV_NODE_ROLE_TAG_KEY,
     ENV_NODE_ROLE_VALUE,
 )
+
+# A model prefix: one top-level folder of the models bucket with its trailing slash
+# ("checkpoints/"). == core.rules.MODEL_PREFIX, the configuration's rule: Terraform passes the
+# configured prefixes in this canonical form. A test keeps the two patterns equal.
+MODEL_PREFIX = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}/", re.ASCII)
 
 # S3 event names arrive without the "s3:" prefix in notifications ("ObjectCreated:Put");
 # accept both spellings.
@@ -78,18 +84,22 @@ class Config:
 
 
 def parse_prefixes(raw: str | None) -> tuple[str, ...]:
-    """`"checkpoints/, loras"` -> `("checkpoints/", "loras/")`; empty -> `()` (every key counts).
+    """`"checkpoints/,loras/"` -> `("checkpoints/", "loras/")`; empty -> `()` (every key counts).
 
-    Prefixes are folders: a missing trailing slash is added so `loras` never matches
-    `loras-old/x`. Duplicates are dropped, order kept.
+    Each prefix must be in the canonical form (MODEL_PREFIX: the trailing slash makes `loras/`
+    never match `loras-old/x`); anything else is a deployment bug and raises ConfigError.
+    Duplicates are dropped, order kept.
     """
+    text = (raw or "").strip()
+    if not text:
+        return ()
     out: list[str] = []
-    for part in (raw or "").split(","):
-        prefix = part.strip().lstrip("/")
-        if not prefix:
-            continue
-        if not prefix.endswith("/"):
-            prefix += "/"
+    for prefix in text.split(","):
+        if not MODEL_PREFIX.fullmatch(prefix):
+            raise ConfigError(
+                f"{ENV_MODEL_PREFIXES}: {_short(prefix, 60)} is not a model prefix (one top-level folder "
+                "with its trailing '/', e.g. checkpoints/)"
+            )
         if prefix not in out:
             out.append(prefix)
     return tuple(out)

@@ -89,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("src", help="local outputs folder ComfyUI writes to")
     parser.add_argument("dst", help="the outputs bucket's Mountpoint S3 mount")
     parser.add_argument("--prefix", required=True, help="folder under DST for this pod (its name)")
-    parser.add_argument("--quiet", type=float, default=30.0, help="seconds a file must be unchanged before it is copied")
+    parser.add_argument(
+        "--quiet", type=float, default=30.0, help="seconds a file must be unchanged before it is copied"
+    )
     parser.add_argument("--retain", type=float, default=6 * 3600.0, help="seconds local copies are kept after upload")
     parser.add_argument("--interval", type=float, default=5.0, help="seconds between sweeps")
     args = parser.parse_args(argv)

@@ -15,8 +15,10 @@
 #                       removed when nothing is skipped (required, absolute, outside MODELS_PATH)
 #   SYNC_REQUEST_FLAG   "a sync was requested" flag; the script loops while it reappears,
 #                       so a request that lands during a sync is never lost (required)
-#   MODEL_PREFIXES      optional space-separated top-level folders ("checkpoints/ loras/");
-#                       empty means the whole bucket
+#   MODEL_PREFIXES      optional space-separated top-level folders, each with its trailing
+#                       '/' ("checkpoints/ loras/"); empty means the whole bucket
+#   MODEL_PREFIX_PATTERN  what a MODEL_PREFIXES entry must match (required): the configuration's
+#                       rule (core/rules.py MODEL_PREFIX_ERE), an extended regular expression
 #   AWS_REGION          optional region of the bucket; AWS_ENDPOINT_URL etc. are read by
 #                       the aws CLI itself
 #
@@ -81,7 +83,7 @@ die() {
   exit 1
 }
 
-for required in MODELS_BUCKET MODELS_PATH CACHE_MARKER_PATH CACHE_SKIPPED_PATH SYNC_REQUEST_FLAG; do
+for required in MODELS_BUCKET MODELS_PATH CACHE_MARKER_PATH CACHE_SKIPPED_PATH SYNC_REQUEST_FLAG MODEL_PREFIX_PATTERN; do
   if [[ -z "${!required:-}" ]]; then
     die "required environment variable ${required} is not set"
   fi
@@ -108,18 +110,21 @@ for output in "$marker" "$skipped_report"; do
   esac
 done
 
-# Folder prefixes: word-split without globbing; each must be one plain top-level folder.
-read -r -a raw_prefixes <<<"${MODEL_PREFIXES:-}"
-prefixes=()
+# Whether $1 is a model prefix: one plain top-level folder with its trailing '/'. Matched in
+# the C locale, where a range such as [A-Za-z] holds only ASCII letters.
+is_model_prefix() {
+  local LC_ALL=C
+  [[ "$1" =~ $MODEL_PREFIX_PATTERN ]]
+}
+
+# Folder prefixes: word-split without globbing, each already in its canonical form.
+read -r -a prefixes <<<"${MODEL_PREFIXES:-}"
 declare -A in_scope=()
-for p in "${raw_prefixes[@]}"; do
-  p="${p#/}"
-  p="${p%/}"
-  if [[ -z "$p" || "$p" == "." || "$p" == ".." || "$p" == */* ]]; then
+for p in "${prefixes[@]}"; do
+  if ! is_model_prefix "$p"; then
     die "MODEL_PREFIXES entry '${p}' is not a single top-level folder (expected e.g. 'checkpoints/')"
   fi
-  prefixes+=("${p}/")
-  in_scope["${p}/"]=1
+  in_scope["$p"]=1
 done
 
 aws_global=()
