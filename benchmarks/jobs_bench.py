@@ -57,11 +57,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "lambda_src" / "jobs"))
 
-import boto3
-import contract as c
-from boto3.dynamodb.types import TypeDeserializer
+# The job contract and the repository's test fakes, from the paths added above.
+import boto3  # noqa: E402
+import contract as c  # noqa: E402
+from boto3.dynamodb.types import TypeDeserializer  # noqa: E402
 
-from tests.fake_comfyui import FakeComfyUI
+from tests.fake_comfyui import FakeComfyUI  # noqa: E402
 
 REGION = "us-west-2"
 PROGRAMS = {
@@ -444,7 +445,7 @@ class Bench:
                     continue
                 if int(items[job_id].get(c.ATTEMPTS, 1)) != 1:
                     continue
-                messages = {name_: data for name_, data in execution[1]["status"]["messages"]}
+                messages = dict(execution[1]["status"]["messages"])
                 gen = (messages["execution_success"]["timestamp"] - messages["execution_start"]["timestamp"]) / 1000
                 ready = max(self.enqueued[job_id], free)
                 claimed = epoch(event["time"])

@@ -41,7 +41,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from core import names  # noqa: E402
+from core import names, rules  # noqa: E402
 from lambda_src.model_sync import handler  # noqa: E402
 
 SCRIPT = REPO / "modules" / "scripts" / "model-cache-sync.sh"
@@ -64,8 +64,9 @@ def free_port() -> int:
 
 def start_moto() -> tuple[subprocess.Popen, str]:
     port = free_port()
-    proc = subprocess.Popen([tool("moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [tool("moto_server"), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 20
     while True:
@@ -121,8 +122,9 @@ class Bench:
         self.cluster = f"bench-{suffix}"
         self.bucket = f"bench-models-{suffix}"
         self.document = f"{self.cluster}-model-sync"
-        session = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing",
-                                        region_name=REGION)
+        session = boto3.session.Session(
+            aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION
+        )
         self.s3 = session.client("s3", endpoint_url=endpoint)
         self.sqs = session.client("sqs", endpoint_url=endpoint)
         self.ec2 = session.client("ec2", endpoint_url=endpoint)
@@ -135,15 +137,22 @@ class Bench:
         shim.chmod(0o755)
         self.cli_env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         self.cli_env.update(
-            AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION=REGION,
-            AWS_REGION=REGION, AWS_ENDPOINT_URL=endpoint,
-            AWS_CONFIG_FILE=str(workdir / "aws-config"), AWS_SHARED_CREDENTIALS_FILE=str(workdir / "aws-creds"),
+            AWS_ACCESS_KEY_ID="testing",
+            AWS_SECRET_ACCESS_KEY="testing",
+            AWS_DEFAULT_REGION=REGION,
+            AWS_REGION=REGION,
+            AWS_ENDPOINT_URL=endpoint,
+            AWS_CONFIG_FILE=str(workdir / "aws-config"),
+            AWS_SHARED_CREDENTIALS_FILE=str(workdir / "aws-creds"),
             PATH=f"{shim_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         )
         # The Lambda runs in this process, against the moto server.
         os.environ.update(
-            AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION=REGION,
-            AWS_REGION=REGION, AWS_ENDPOINT_URL=endpoint,
+            AWS_ACCESS_KEY_ID="testing",
+            AWS_SECRET_ACCESS_KEY="testing",
+            AWS_DEFAULT_REGION=REGION,
+            AWS_REGION=REGION,
+            AWS_ENDPOINT_URL=endpoint,
             **{
                 names.ENV_CLUSTER_NAME: self.cluster,
                 names.ENV_MODELS_BUCKET: self.bucket,
@@ -157,56 +166,114 @@ class Bench:
         handler.reset_clients()
 
         self.queue_url = self.sqs.create_queue(QueueName=f"{self.cluster}-events")["QueueUrl"]
-        self.queue_arn = self.sqs.get_queue_attributes(
-            QueueUrl=self.queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        self.queue_arn = self.sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["QueueArn"])[
+            "Attributes"
+        ]["QueueArn"]
         self.s3.create_bucket(Bucket=self.bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
-        self.s3.put_bucket_notification_configuration(Bucket=self.bucket, NotificationConfiguration={
-            "QueueConfigurations": [{"QueueArn": self.queue_arn,
-                                     "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]}]})
-        self.ssm.create_document(Name=self.document, DocumentType="Command", Content=json.dumps({
-            "schemaVersion": "2.2", "description": "bench", "mainSteps": [{
-                "action": "aws:runShellScript", "name": "request",
-                "inputs": {"runCommand": [f"touch {names.SYNC_REQUEST_FLAG}",
-                                          f"systemctl start --no-block {names.SYNC_SERVICE_NAME}"]}}]}))
-        tags = [{"Key": names.NODE_CLUSTER_TAG_KEY, "Value": self.cluster},
-                {"Key": names.NODE_ROLE_TAG_KEY, "Value": names.NODE_ROLE_GPU}]
-        out = self.ec2.run_instances(ImageId="ami-12345678", MinCount=nodes, MaxCount=nodes,
-                                     InstanceType="g6e.xlarge",
-                                     TagSpecifications=[{"ResourceType": "instance", "Tags": tags}])
+        self.s3.put_bucket_notification_configuration(
+            Bucket=self.bucket,
+            NotificationConfiguration={
+                "QueueConfigurations": [
+                    {"QueueArn": self.queue_arn, "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]}
+                ]
+            },
+        )
+        self.ssm.create_document(
+            Name=self.document,
+            DocumentType="Command",
+            Content=json.dumps(
+                {
+                    "schemaVersion": "2.2",
+                    "description": "bench",
+                    "mainSteps": [
+                        {
+                            "action": "aws:runShellScript",
+                            "name": "request",
+                            "inputs": {
+                                "runCommand": [
+                                    f"touch {names.SYNC_REQUEST_FLAG}",
+                                    f"systemctl start --no-block {names.SYNC_SERVICE_NAME}",
+                                ]
+                            },
+                        }
+                    ],
+                }
+            ),
+        )
+        tags = [
+            {"Key": names.NODE_CLUSTER_TAG_KEY, "Value": self.cluster},
+            {"Key": names.NODE_ROLE_TAG_KEY, "Value": names.NODE_ROLE_GPU},
+        ]
+        out = self.ec2.run_instances(
+            ImageId="ami-12345678",
+            MinCount=nodes,
+            MaxCount=nodes,
+            InstanceType="g6e.xlarge",
+            TagSpecifications=[{"ResourceType": "instance", "Tags": tags}],
+        )
         self.instance_ids = sorted(i["InstanceId"] for i in out["Instances"])
 
     def drain_queue(self) -> list[dict]:
         messages = []
         while batch := self.sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10).get("Messages"):
             messages.extend(batch)
-            self.sqs.delete_message_batch(QueueUrl=self.queue_url, Entries=[
-                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(batch)])
+            self.sqs.delete_message_batch(
+                QueueUrl=self.queue_url,
+                Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(batch)],
+            )
         return messages
 
     def lambda_event(self, messages: list[dict]) -> dict:
-        return {"Records": [
-            {"messageId": m["MessageId"], "receiptHandle": m["ReceiptHandle"], "body": m["Body"],
-             "attributes": {}, "messageAttributes": {}, "md5OfBody": m["MD5OfBody"],
-             "eventSource": "aws:sqs", "eventSourceARN": self.queue_arn, "awsRegion": REGION}
-            for m in messages]}
+        return {
+            "Records": [
+                {
+                    "messageId": m["MessageId"],
+                    "receiptHandle": m["ReceiptHandle"],
+                    "body": m["Body"],
+                    "attributes": {},
+                    "messageAttributes": {},
+                    "md5OfBody": m["MD5OfBody"],
+                    "eventSource": "aws:sqs",
+                    "eventSourceARN": self.queue_arn,
+                    "awsRegion": REGION,
+                }
+                for m in messages
+            ]
+        }
 
     def node_env(self, node: Node) -> dict[str, str]:
-        return {**self.cli_env, "AWS_CALL_LOG": str(node.calls_log), "MODELS_BUCKET": self.bucket, "MODELS_PATH": str(node.models),
-                "CACHE_MARKER_PATH": str(node.root / ".models-cache-complete"),
-                "CACHE_SKIPPED_PATH": str(node.root / ".models-cache-skipped"),
-                "SYNC_REQUEST_FLAG": str(node.root / "requested"), "MODEL_PREFIXES": " ".join(PREFIXES)}
+        return {
+            **self.cli_env,
+            "AWS_CALL_LOG": str(node.calls_log),
+            "MODELS_BUCKET": self.bucket,
+            "MODELS_PATH": str(node.models),
+            "CACHE_MARKER_PATH": str(node.root / ".models-cache-complete"),
+            "CACHE_SKIPPED_PATH": str(node.root / ".models-cache-skipped"),
+            "SYNC_REQUEST_FLAG": str(node.root / "requested"),
+            "MODEL_PREFIXES": " ".join(PREFIXES),
+            "MODEL_PREFIX_PATTERN": rules.MODEL_PREFIX_ERE,
+        }
 
     def run_sync(self, node: Node, *, flag: bool) -> None:
         if flag:
             (node.root / "requested").touch()
-        subprocess.run(["bash", str(SCRIPT)], env=self.node_env(node), check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        subprocess.run(
+            ["bash", str(SCRIPT)],
+            env=self.node_env(node),
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     def copy_object(self, node: Node, key: str) -> None:
         dest = node.models / key
         dest.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["aws", "s3", "cp", f"s3://{self.bucket}/{key}", str(dest), "--only-show-errors"],
-                       env={**self.cli_env, "AWS_CALL_LOG": str(node.calls_log)}, check=True)
+        subprocess.run(
+            ["aws", "s3", "cp", f"s3://{self.bucket}/{key}", str(dest), "--only-show-errors"],
+            env={**self.cli_env, "AWS_CALL_LOG": str(node.calls_log)},
+            check=True,
+        )
 
     def nodes(self, label: str) -> list[Node]:
         out = []
@@ -229,10 +296,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=4, help="N: GPU nodes")
     parser.add_argument("--size-kib", type=int, default=256, help="size of each uploaded object (KiB)")
     parser.add_argument("--existing", type=int, default=10, help="models already cached before the burst")
-    parser.add_argument("--aws", default=None,
-                        help="the aws CLI the nodes run (default: the venv's, v1; /usr/bin/aws for v2)")
-    parser.add_argument("--rewrites", type=int, default=0,
-                        help="of the K uploads, how many overwrite a key uploaded earlier in the burst")
+    parser.add_argument(
+        "--aws", default=None, help="the aws CLI the nodes run (default: the venv's, v1; /usr/bin/aws for v2)"
+    )
+    parser.add_argument(
+        "--rewrites",
+        type=int,
+        default=0,
+        help="of the K uploads, how many overwrite a key uploaded earlier in the burst",
+    )
     args = parser.parse_args(argv)
     if not SCRIPT.exists():
         sys.exit(f"{SCRIPT} is missing")
@@ -292,17 +364,19 @@ def main(argv: list[str] | None = None) -> int:
         for record in records:
             key = handler.logic.decode_key(record["s3"]["object"]["key"])
             bench.ssm.send_command(  # what a per-object design would send (the key as a parameter)
-                DocumentName=bench.document, Comment=f"copy {key}"[:100],
-                Targets=handler.logic.node_targets(handler.logic.Config.from_env(os.environ)))
+                DocumentName=bench.document,
+                Comment=f"copy {key}"[:100],
+                Targets=handler.logic.node_targets(handler.logic.Config.from_env(os.environ)),
+            )
             per_object_commands += 1
             with ThreadPoolExecutor(max_workers=n) as pool:
-                list(pool.map(lambda nd: copy_measured(nd, key), per_object_nodes))
+                list(pool.map(lambda nd, key=key: copy_measured(nd, key), per_object_nodes))
         per_object_time = time.monotonic() - t0
         per_object = list(per_object.values())
         per_object_calls = [nd.aws_calls() - calls_before[nd.instance_id] for nd in per_object_nodes]
 
         # Both fleets end identical to the bucket.
-        for a, b in zip(batched_nodes, per_object_nodes):
+        for a, b in zip(batched_nodes, per_object_nodes, strict=True):
             files_a = {p.relative_to(a.models): p.read_bytes() for p in a.models.rglob("*") if p.is_file()}
             files_b = {p.relative_to(b.models): p.read_bytes() for p in b.models.rglob("*") if p.is_file()}
             assert files_a == files_b, "the strategies ended in different caches"
@@ -319,18 +393,26 @@ def main(argv: list[str] | None = None) -> int:
         def fmt_files(values: list[tuple[int, int]]) -> str:
             return span([v[0] for v in values])
 
-        print(f"Burst of {k} uploads ({rewrites} rewrites of keys uploaded earlier in the burst), "
-              f"{args.size_kib} KiB each, {args.existing} models already cached, {n} GPU nodes; "
-              f"{len(messages)} S3 event messages in the batching window.\n")
-        print("| strategy | SSM commands | command invocations (commands x nodes) | node runs per node "
-              "| aws CLI processes per node | files written per node | bytes transferred per node | wall time |")
+        print(
+            f"Burst of {k} uploads ({rewrites} rewrites of keys uploaded earlier in the burst), "
+            f"{args.size_kib} KiB each, {args.existing} models already cached, {n} GPU nodes; "
+            f"{len(messages)} S3 event messages in the batching window.\n"
+        )
+        print(
+            "| strategy | SSM commands | command invocations (commands x nodes) | node runs per node "
+            "| aws CLI processes per node | files written per node | bytes transferred per node | wall time |"
+        )
         print("|---|---:|---:|---:|---:|---:|---:|---:|")
-        print(f"| batched (one command per batching window, one converge per node) | {batched_commands} "
-              f"| {batched_commands * len(targets)} | 1 | {span(batched_calls)} | {fmt_files(batched)} "
-              f"| {fmt_bytes(batched)} | {batched_time:.1f} s |")
-        print(f"| per-object (one command per object, every node copies it) | {per_object_commands} "
-              f"| {per_object_commands * n} | {per_object_commands} | {span(per_object_calls)} "
-              f"| {fmt_files(per_object)} | {fmt_bytes(per_object)} | {per_object_time:.1f} s |")
+        print(
+            f"| batched (one command per batching window, one converge per node) | {batched_commands} "
+            f"| {batched_commands * len(targets)} | 1 | {span(batched_calls)} | {fmt_files(batched)} "
+            f"| {fmt_bytes(batched)} | {batched_time:.1f} s |"
+        )
+        print(
+            f"| per-object (one command per object, every node copies it) | {per_object_commands} "
+            f"| {per_object_commands * n} | {per_object_commands} | {span(per_object_calls)} "
+            f"| {fmt_files(per_object)} | {fmt_bytes(per_object)} | {per_object_time:.1f} s |"
+        )
         print(f"\nLambda summary (batched): {json.dumps(summary)}")
         return 0
     finally:

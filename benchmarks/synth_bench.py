@@ -23,10 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-FULL = (
-    "import sys, atexit; sys.argv=['main.py','--outdir',sys.argv[1]];"
-    "import main; sys.exit(main.main(sys.argv[1:]))"
-)
+FULL = "import sys, atexit; sys.argv=['main.py','--outdir',sys.argv[1]];import main; sys.exit(main.main(sys.argv[1:]))"
 # The floor: the jsii runtime and the three provider assemblies, nothing synthesized.
 FLOOR = (
     "import core.providers, importlib, cdktf;"
@@ -41,7 +38,9 @@ def measure(code: str, *args: str) -> tuple[float, int]:
     env = {**os.environ, "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20"}
     with tempfile.TemporaryFile() as err:
         start = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-c", code, *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err
+        )
         _, status, usage = os.wait4(proc.pid, 0)
         elapsed = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -57,7 +56,13 @@ def series(label: str, code: str, runs: int, *args: str) -> dict:
         t, m = measure(code, *args)
         times.append(t)
         peaks.append(m)
-    return {"label": label, "median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "peak_mb": max(peaks)}
+    return {
+        "label": label,
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "max_s": max(times),
+        "peak_mb": max(peaks),
+    }
 
 
 def main() -> int:

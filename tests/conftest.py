@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, tool
+from tests.helpers import tool
 
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 
@@ -67,11 +67,7 @@ def moto_server():
 @pytest.fixture
 def aws_cli_env(moto_server, tmp_path):
     """Environment for running the real `aws` CLI (and scripts using it) against moto."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("AWS_")
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(
         AWS_ACCESS_KEY_ID="testing",
         AWS_SECRET_ACCESS_KEY="testing",

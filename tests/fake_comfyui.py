@@ -159,7 +159,10 @@ ALB_PAGES = {
 def alb_error_page(status: int) -> web.Response:
     """The HTML page an AWS ALB answers with when it has no (healthy) answer from a target."""
     title = ALB_PAGES.get(status, f"{status} Error")
-    body = f"<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n<center><h1>{title}</h1></center>\r\n</body>\r\n</html>\r\n"
+    body = (
+        f"<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n"
+        f"<center><h1>{title}</h1></center>\r\n</body>\r\n</html>\r\n"
+    )
     return web.Response(status=status, text=body, content_type="text/html", headers={"Server": "awselb/2.0"})
 
 
@@ -290,10 +293,14 @@ def build_catalogue(models: dict[str, list[str]], input_files: list[str]) -> dic
     # fmt: off
     specs = [
         # nodes.py
-        NodeSpec("CheckpointLoaderSimple", {"ckpt_name": _combo(files("checkpoints"))}, ("MODEL", "CLIP", "VAE"), "loaders"),
+        NodeSpec(
+            "CheckpointLoaderSimple", {"ckpt_name": _combo(files("checkpoints"))}, ("MODEL", "CLIP", "VAE"), "loaders"
+        ),
         NodeSpec("CLIPTextEncode", {"text": _t("STRING", multiline=True, dynamicPrompts=True), "clip": _t("CLIP")},
                  ("CONDITIONING",), "conditioning"),
-        NodeSpec("ConditioningZeroOut", {"conditioning": _t("CONDITIONING")}, ("CONDITIONING",), "advanced/conditioning"),
+        NodeSpec(
+            "ConditioningZeroOut", {"conditioning": _t("CONDITIONING")}, ("CONDITIONING",), "advanced/conditioning"
+        ),
         NodeSpec("EmptyLatentImage", {"width": size, "height": size, "batch_size": batch}, ("LATENT",), "latent"),
         NodeSpec("KSampler", {"model": _t("MODEL"), "seed": seed, "steps": steps, "cfg": cfg,
                               "sampler_name": _combo(SAMPLER_NAMES), "scheduler": _combo(SCHEDULER_NAMES),

@@ -91,7 +91,10 @@ ARN_BY_RESOURCE_TYPE = {
 ARN_BY_ATTRIBUTE = {
     # Real stream labels are timestamps with colons (…/stream/2026-01-01T00:00:00.000), which
     # parliament 1.6.4 splits as ARN fields; the placeholder keeps the shape without them.
-    ("aws_dynamodb_table", "stream_arn"): f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/placeholder/stream/2026-01-01T000000",
+    (
+        "aws_dynamodb_table",
+        "stream_arn",
+    ): f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/placeholder/stream/2026-01-01T000000",
 }
 
 # Module output names (substring, first match wins) → ARN. For terraform-aws-modules outputs.
@@ -203,8 +206,18 @@ def _principals(blocks: list, what: str) -> object:
 
 def statement_to_iam(stmt: dict, where: str) -> dict:
     """One `statement` block of aws_iam_policy_document (or a module's *policy_statements item)."""
-    known = {"sid", "effect", "actions", "not_actions", "resources", "not_resources", "principals",
-             "not_principals", "condition", "//"}
+    known = {
+        "sid",
+        "effect",
+        "actions",
+        "not_actions",
+        "resources",
+        "not_resources",
+        "principals",
+        "not_principals",
+        "condition",
+        "//",
+    }
     unknown = set(stmt) - known
     if unknown:
         raise Unresolved(f"{where}: unknown statement attributes {sorted(unknown)}")
@@ -216,8 +229,12 @@ def statement_to_iam(stmt: dict, where: str) -> dict:
         blocks = _as_list(stmt.get(src), f"{where}.{src}")
         if blocks:
             out[dst] = _principals(blocks, f"{where}.{src}")
-    for src, dst in (("actions", "Action"), ("not_actions", "NotAction"), ("resources", "Resource"),
-                     ("not_resources", "NotResource")):
+    for src, dst in (
+        ("actions", "Action"),
+        ("not_actions", "NotAction"),
+        ("resources", "Resource"),
+        ("not_resources", "NotResource"),
+    ):
         values = _as_list(stmt.get(src), f"{where}.{src}")
         if values:
             out[dst] = _scalar_or_list(values)
@@ -275,8 +292,10 @@ def convert_policy_documents(stack: dict, stack_name: str) -> tuple[dict[str, di
         statements: list[dict] = []
         for src in _as_list(block.get("source_policy_documents"), f"{where}.source_policy_documents"):
             statements = _merge_by_sid(statements, referenced_doc(src, where, seen + (name,)), override=True)
-        own = [statement_to_iam(s, f"{where}.statement[{i}]")
-               for i, s in enumerate(_as_list(block.get("statement"), f"{where}.statement"))]
+        own = [
+            statement_to_iam(s, f"{where}.statement[{i}]")
+            for i, s in enumerate(_as_list(block.get("statement"), f"{where}.statement"))
+        ]
         statements = _merge_by_sid(statements, own, override=True)
         for src in _as_list(block.get("override_policy_documents"), f"{where}.override_policy_documents"):
             statements = _merge_by_sid(statements, referenced_doc(src, where, seen + (name,)), override=True)
@@ -344,16 +363,21 @@ class Resolver:
                 return ARN_BY_ATTRIBUTE[(rtype, attr)]
             if rtype in ARN_BY_RESOURCE_TYPE:
                 return ARN_BY_RESOURCE_TYPE[rtype]
-            raise Unresolved(f"no placeholder ARN for resource type {rtype} (${{{expr}}}); add it to "
-                             "ARN_BY_RESOURCE_TYPE in tests/iam_extract.py")
+            raise Unresolved(
+                f"no placeholder ARN for resource type {rtype} (${{{expr}}}); add it to "
+                "ARN_BY_RESOURCE_TYPE in tests/iam_extract.py"
+            )
         if expr.startswith("module."):
             for needle, arn in MODULE_OUTPUT_ARNS:
                 if needle in attr:
                     return arn
-            raise Unresolved(f"no placeholder ARN for module output {attr!r} (${{{expr}}}); add it to "
-                             "MODULE_OUTPUT_ARNS in tests/iam_extract.py")
-        raise Unresolved(f"cannot tell which ARN ${{{expr}}} yields; reference a resource's .arn or extend "
-                         "tests/iam_extract.py")
+            raise Unresolved(
+                f"no placeholder ARN for module output {attr!r} (${{{expr}}}); add it to "
+                "MODULE_OUTPUT_ARNS in tests/iam_extract.py"
+            )
+        raise Unresolved(
+            f"cannot tell which ARN ${{{expr}}} yields; reference a resource's .arn or extend tests/iam_extract.py"
+        )
 
     def component(self, expr: str) -> str:
         """A placeholder for an expression used inside a larger string (ARN component, condition)."""
@@ -409,6 +433,7 @@ def with_placeholders(raw: dict, resolver: Resolver) -> tuple[dict, list[str]]:
             except Unresolved as exc:
                 problems.append(str(exc))
                 return text
+
         return fn
 
     doc = copy.deepcopy(raw)
@@ -418,9 +443,7 @@ def with_placeholders(raw: dict, resolver: Resolver) -> tuple[dict, list[str]]:
                 stmt[key] = _map_strings(stmt[key], sub(True))
         for key in ("Principal", "NotPrincipal"):
             if isinstance(stmt.get(key), dict):
-                stmt[key] = {
-                    ptype: _map_strings(ids, sub(ptype == "AWS")) for ptype, ids in stmt[key].items()
-                }
+                stmt[key] = {ptype: _map_strings(ids, sub(ptype == "AWS")) for ptype, ids in stmt[key].items()}
         if "Condition" in stmt:
             stmt["Condition"] = {
                 test: {sub(False)(var): _map_strings(vals, sub(False)) for var, vals in block.items()}
@@ -457,9 +480,9 @@ def _policy_values(rtype: str, attrs: dict):
         if (rtype, key) in POLICY_ATTRIBUTES:
             yield key, value, POLICY_ATTRIBUTES[(rtype, key)]
             continue
-        if key in ("policy", "policy_document", "access_policies") or key.endswith("_policy"):
-            if isinstance(value, str) and (DOC_REF.match(value) or '"Statement"' in value):
-                yield key, value, None
+        named_like_a_policy = key in ("policy", "policy_document", "access_policies") or key.endswith("_policy")
+        if named_like_a_policy and isinstance(value, str) and (DOC_REF.match(value) or '"Statement"' in value):
+            yield key, value, None
 
 
 def collect_policies(stacks: dict[str, dict]) -> list[Policy]:
@@ -470,8 +493,7 @@ def collect_policies(stacks: dict[str, dict]) -> list[Policy]:
         docs, doc_problems = convert_policy_documents(stack, stack_name)
         doc_policies: dict[str, Policy] = {}
         for name, raw in docs.items():
-            pol = Policy(stack_name, f"data.aws_iam_policy_document.{name}", "", raw,
-                         problems=list(doc_problems[name]))
+            pol = Policy(stack_name, f"data.aws_iam_policy_document.{name}", "", raw, problems=list(doc_problems[name]))
             doc_policies[name] = pol
 
         for rtype, resources in stack.get("resource", {}).items():
@@ -482,8 +504,15 @@ def collect_policies(stacks: dict[str, dict]) -> list[Policy]:
                         doc_name = DOC_REF.match(value).group(1)
                         pol = doc_policies.get(doc_name)
                         if pol is None:
-                            policies.append(Policy(stack_name, origin, kind or "identity", {},
-                                                   problems=[f"references missing policy document {doc_name}"]))
+                            policies.append(
+                                Policy(
+                                    stack_name,
+                                    origin,
+                                    kind or "identity",
+                                    {},
+                                    problems=[f"references missing policy document {doc_name}"],
+                                )
+                            )
                             continue
                         pol.used_by.append(origin)
                         if kind:
@@ -495,17 +524,33 @@ def collect_policies(stacks: dict[str, dict]) -> list[Policy]:
                         try:
                             raw = json.loads(value)
                         except json.JSONDecodeError as exc:
-                            policies.append(Policy(stack_name, origin, kind or "identity", {},
-                                                   problems=[f"policy is not valid JSON: {exc}"]))
+                            policies.append(
+                                Policy(
+                                    stack_name,
+                                    origin,
+                                    kind or "identity",
+                                    {},
+                                    problems=[f"policy is not valid JSON: {exc}"],
+                                )
+                            )
                             continue
                         policies.append(Policy(stack_name, origin, kind or _kind_from_content(raw), raw))
                         continue
                     if kind:  # a known policy attribute we cannot read
-                        policies.append(Policy(stack_name, origin, kind, {}, problems=[
-                            f"policy is neither plain JSON nor ${{data.aws_iam_policy_document.X.json}}: {value!r:.120}"
-                        ]))
+                        policies.append(
+                            Policy(
+                                stack_name,
+                                origin,
+                                kind,
+                                {},
+                                problems=[
+                                    "policy is neither plain JSON nor ${data.aws_iam_policy_document.X.json}: "
+                                    f"{value!r:.120}"
+                                ],
+                            )
+                        )
 
-        for name, pol in doc_policies.items():
+        for pol in doc_policies.values():
             if not pol.kind:
                 pol.kind = _kind_from_content(pol.raw)
             policies.append(pol)

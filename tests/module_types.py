@@ -41,7 +41,7 @@ class Primitive:
 @dataclass(frozen=True)
 class Collection:
     kind: str  # list | set | map
-    element: "Type"
+    element: Type
 
     def __str__(self) -> str:
         return f"{self.kind}({self.element})"
@@ -49,7 +49,7 @@ class Collection:
 
 @dataclass(frozen=True)
 class Tuple:
-    elements: tuple["Type", ...]
+    elements: tuple[Type, ...]
 
     def __str__(self) -> str:
         return "tuple([" + ", ".join(map(str, self.elements)) + "])"
@@ -60,7 +60,7 @@ _NO_DEFAULT = object()
 
 @dataclass(frozen=True)
 class Attribute:
-    type: "Type"
+    type: Type
     optional: bool = False
     default: object = field(default=_NO_DEFAULT, compare=False)
 
@@ -460,7 +460,7 @@ def check(value: object, typ: Type, path: str = "") -> list[str]:
         if len(value) != len(typ.elements):
             return [f"{where}: {len(value)} elements where {typ} has {len(typ.elements)}"]
         errors = []
-        for i, (item, element) in enumerate(zip(value, typ.elements)):
+        for i, (item, element) in enumerate(zip(value, typ.elements, strict=True)):
             errors += check(item, element, _join(path, i))
         return errors
 

@@ -835,7 +835,7 @@ class Validator:
         for prepared in stacks:
             unique.setdefault(prepared.digest(), prepared)
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
-            reports = dict(zip(unique, pool.map(self.validate_one, unique.values())))
+            reports = dict(zip(unique, pool.map(self.validate_one, unique.values()), strict=True))
         return {p.name: _relabel(reports[p.digest()], p) for p in stacks}
 
 

@@ -18,6 +18,7 @@ def _addresses(monkeypatch, tmp_path, extra: dict | None = None) -> dict[str, di
     from stacks.app import build_app
 
     if extra is not None:
+
         def with_extra(**kwargs):
             return {**extra, **comfyui_manifests(**kwargs)}  # the new object comes FIRST
 
@@ -34,7 +35,13 @@ def _addresses(monkeypatch, tmp_path, extra: dict | None = None) -> dict[str, di
 
 def test_adding_a_manifest_renames_nothing(monkeypatch, tmp_path):
     before = _addresses(monkeypatch, tmp_path / "before")
-    extra = {"comfyui_extra_configmap": {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "namespace": "comfyui"}}}
+    extra = {
+        "comfyui_extra_configmap": {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "x", "namespace": "comfyui"},
+        }
+    }
     after = _addresses(monkeypatch, tmp_path / "after", extra)
     assert set(before) < set(after)
     assert set(after) - set(before) == {"kubernetes_manifest.comfyui_extra_configmap"}
@@ -48,10 +55,17 @@ def test_object_ids_are_explicit_not_positional(synth_variants, variant):
     synth = synth_variants[variant]
     config = synth.config
     cognito = {"userPoolARN": "a", "userPoolClientID": "b", "userPoolDomain": "c"}
-    ids = set(comfyui_manifests(
-        image="r:t", model_cache_wait_seconds=60, runner=JobRunnerSettings(table="t", queue_url="q", inputs_bucket="i", outputs_bucket="o", region="us-west-2", timeout_seconds=60), settings=ingress_settings(config, cognito=cognito),
-        api_settings=api_ingress_settings(config),
-    ))
+    ids = set(
+        comfyui_manifests(
+            image="r:t",
+            model_cache_wait_seconds=60,
+            runner=JobRunnerSettings(
+                table="t", queue_url="q", inputs_bucket="i", outputs_bucket="o", region="us-west-2", timeout_seconds=60
+            ),
+            settings=ingress_settings(config, cognito=cognito),
+            api_settings=api_ingress_settings(config),
+        )
+    )
     synthesized = set(synth.resources("workload", "kubernetes_manifest"))
     assert ids <= synthesized, "the workload stack uses the ids as they are"
     assert all(i.startswith("comfyui_") for i in ids)

@@ -398,7 +398,8 @@ json.dump(state, open(state_file, "w"))
 if call["method"] == "GET":
     answer = json.dumps(state["responses"][call["path"]])
     if "jq" in call:
-        answer = subprocess.run(["jq", "-r", call["jq"]], input=answer, capture_output=True, text=True, check=True).stdout
+        jq = subprocess.run(["jq", "-r", call["jq"]], input=answer, capture_output=True, text=True, check=True)
+        answer = jq.stdout
     sys.stdout.write(answer)
 """
 

@@ -80,7 +80,9 @@ def test_deploy_applies_each_stack_in_order_with_init_first(env: Env) -> None:
     result = env.run("deploy", "--yes", "--wait", "0")
     assert result.code == 0, result.err
     assert touched(env.stubs) == [
-        (STATE, "init"), (STATE, "apply"), (PLATFORM, "init"), (PLATFORM, "apply"), (WORKLOAD, "init"), (WORKLOAD, "apply"),
+        (STATE, "init"), (STATE, "apply"),
+        (PLATFORM, "init"), (PLATFORM, "apply"),
+        (WORKLOAD, "init"), (WORKLOAD, "apply"),
     ]  # fmt: skip
     apply = next(c for c in env.stubs.calls("terraform") if "apply" in c)
     assert apply[2:] == ["apply", "-input=false", "-no-color", "-auto-approve"]
@@ -146,8 +148,8 @@ def test_a_failed_stack_stops_the_run_with_terraforms_errors(env: Env) -> None:
     err = result.err
     assert f"comfyui-eks deploy: {PLATFORM} failed" in err
     assert (
-        "comfyui-eks deploy: Error: creating EKS Cluster (comfyui): operation error EKS: CreateCluster, ResourceLimitExceeded"
-        in err
+        "comfyui-eks deploy: Error: creating EKS Cluster (comfyui): "
+        "operation error EKS: CreateCluster, ResourceLimitExceeded" in err
     )
     assert "with aws_eks_cluster.cluster," in err
     assert f"comfyui-eks deploy: not applied: {WORKLOAD}" in err
@@ -191,7 +193,9 @@ def test_tty_without_yes_plans_asks_and_applies_the_saved_plan(env: Env, monkeyp
     assert result.code == 0, result.err
     assert questions == [f"Apply these changes to {STATE}? [y/N] "]
     assert touched(env.stubs) == [
-        (STATE, "init"), (STATE, "plan"), (STATE, "apply"), (PLATFORM, "init"), (PLATFORM, "plan"), (WORKLOAD, "init"), (WORKLOAD, "plan"),
+        (STATE, "init"), (STATE, "plan"), (STATE, "apply"),
+        (PLATFORM, "init"), (PLATFORM, "plan"),
+        (WORKLOAD, "init"), (WORKLOAD, "plan"),
     ]  # fmt: skip
     calls = env.stubs.calls("terraform")
     assert next(c for c in calls if "plan" in c)[2:] == [
@@ -719,7 +723,8 @@ def test_destroy_keeps_data_removes_controller_leftovers_in_order(env: Env, monk
     expected = sorted(_keep.keep_set(documents[PLATFORM]))
     assert removed[2:] == ["state", "rm", "-no-color", *expected]
     assert [a.split(".")[0] for a in expected if "models" in a] == [
-        "aws_s3_bucket", "aws_s3_bucket_logging", "aws_s3_bucket_policy", "aws_s3_bucket_server_side_encryption_configuration",
+        "aws_s3_bucket", "aws_s3_bucket_logging", "aws_s3_bucket_policy",
+        "aws_s3_bucket_server_side_encryption_configuration",
         "aws_s3_bucket_versioning", "terraform_data",
     ]  # fmt: skip
     assert not [a for a in expected if "notification" in a or "aws_sqs_queue" in a or "aws_vpc" in a]
@@ -729,8 +734,8 @@ def test_destroy_keeps_data_removes_controller_leftovers_in_order(env: Env, monk
     assert {k["address"] for k in kept} == set(expected)
     models = next(k for k in kept if k["type"] == "aws_s3_bucket" and "models" in k["label"])
     assert (
-        models["import"]
-        == f"terraform -chdir={env.outdir / 'stacks' / PLATFORM} import {models['address']} comfyui-models-{ACCOUNT}-us-west-2"
+        models["import"] == f"terraform -chdir={env.outdir / 'stacks' / PLATFORM} import {models['address']} "
+        f"comfyui-models-{ACCOUNT}-us-west-2"
     )
     assert f"{STATE}: kept (still managed by Terraform: comfyui-tfstate-{ACCOUNT}-us-west-2" in result.out
     assert f"aws_s3_bucket comfyui-models-{ACCOUNT}-us-west-2" in result.out
@@ -891,7 +896,10 @@ def test_delete_data_retries_when_late_access_logs_refill_a_bucket(env: Env) -> 
     config = load_config(env.config_path)
     _versioned_bucket(config.access_logs_bucket)
     _deployed(env, STATE, PLATFORM, WORKLOAD)
-    guard = f"s3://{config.access_logs_bucket} still holds objects (or older versions of them); nothing of it was destroyed."
+    guard = (
+        f"s3://{config.access_logs_bucket} still holds objects (or older versions of them); "
+        "nothing of it was destroyed."
+    )
     error = f"Error: local-exec provisioner error\n{guard}"
     env.stubs.answer("terraform", f"*{PLATFORM} destroy *", code=1, stdout=error, once=True, first=True)
     result = env.run("destroy", "--delete-data", "--yes")

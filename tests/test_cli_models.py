@@ -177,7 +177,8 @@ def test_upload_refuses_to_overwrite_unless_asked(s3: Any, tmp_path: Path, capsy
     again = run(capsys, "upload", path, "vae/")
     assert again.code == 1
     assert again.errors == [
-        f"comfyui-eks models: s3://{BUCKET}/vae/vae.safetensors already exists (100 B); fix: add --overwrite to replace it"
+        f"comfyui-eks models: s3://{BUCKET}/vae/vae.safetensors already exists (100 B); "
+        "fix: add --overwrite to replace it"
     ]
     assert run(capsys, "upload", path, "vae/", "--overwrite").code == 0
     assert s3.get_object(Bucket=BUCKET, Key="vae/vae.safetensors")["Body"].read() == b"new content"

@@ -304,8 +304,8 @@ def test_status_when_scaled_to_zero(env: Env, monkeypatch: pytest.MonkeyPatch) -
     assert result.code == 0, result.err
     assert "GPU nodes (0)" in result.out
     assert (
-        "  no ComfyUI replica running (scaling.min_replicas 0, outside the schedule); the first job or working hours start one"
-        in result.out.splitlines()
+        "  no ComfyUI replica running (scaling.min_replicas 0, outside the schedule); "
+        "the first job or working hours start one" in result.out.splitlines()
     )
     assert "  last: no model sync has run yet (no result in /aws/lambda/comfyui-model-sync)" in result.out
 
@@ -329,8 +329,8 @@ def test_status_reports_an_unreachable_cluster_and_still_shows_the_rest(env: Env
     result = env.run("status")
     assert result.code == 1
     assert (
-        "comfyui-eks status: cannot reach cluster comfyui: aws eks update-kubeconfig failed: An error occurred (AccessDeniedException)"
-        in result.err
+        "comfyui-eks status: cannot reach cluster comfyui: aws eks update-kubeconfig failed: "
+        "An error occurred (AccessDeniedException)" in result.err
     )
     assert "Outputs" in result.out and "Model sync" in result.out
 

@@ -46,13 +46,23 @@ def _ingress(synth) -> dict:
 def test_every_kubernetes_object_is_strictly_valid(synth_variants):
     for variant, synth in synth_variants.items():
         manifests = _manifests(synth)
-        assert {"Namespace/comfyui", "Deployment/comfyui", "Service/comfyui", "Ingress/comfyui",
-                "PodDisruptionBudget/comfyui", "NetworkPolicy/comfyui", "ServiceAccount/comfyui",
-                "ConfigMap/comfyui-programs", "PersistentVolumeClaim/inputs", "PersistentVolumeClaim/outputs"} <= set(manifests)
+        assert {
+            "Namespace/comfyui",
+            "Deployment/comfyui",
+            "Service/comfyui",
+            "Ingress/comfyui",
+            "PodDisruptionBudget/comfyui",
+            "NetworkPolicy/comfyui",
+            "ServiceAccount/comfyui",
+            "ConfigMap/comfyui-programs",
+            "PersistentVolumeClaim/inputs",
+            "PersistentVolumeClaim/outputs",
+        } <= set(manifests)
         for key, manifest in manifests.items():
             try:
                 validate_strict(resolve_tokens(manifest), k8s_version(synth.config))
-            except Exception as exc:  # kubernetes_validate.ValidationError carries the path
+            # kubernetes_validate.ValidationError carries the path; any other refusal fails too
+            except Exception as exc:  # noqa: BLE001 - reported with the manifest's key
                 pytest.fail(f"{variant}: {key} is invalid: {exc}")
 
 
@@ -164,7 +174,10 @@ def test_unauthenticated_public_needs_acknowledgement_and_warns(synth_variants, 
 
     refused = subprocess.run(
         [sys.executable, str(REPO / "main.py"), "--config", str(path), "--outdir", str(tmp_path / "out")],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert refused.returncode == 2 and "acknowledge_public_unauthenticated" in refused.stderr
     assert not (tmp_path / "out").exists()
@@ -172,7 +185,10 @@ def test_unauthenticated_public_needs_acknowledgement_and_warns(synth_variants, 
     path.write_text(yaml.safe_dump(data))
     accepted = subprocess.run(
         [sys.executable, str(REPO / "main.py"), "--config", str(path), "--outdir", str(tmp_path / "out")],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert accepted.returncode == 0, accepted.stderr[-2000:]
     assert "WARNING" in accepted.stderr and "WITHOUT authentication" in accepted.stderr
@@ -185,12 +201,20 @@ def test_unauthenticated_public_needs_acknowledgement_and_warns(synth_variants, 
     ("auth", "edge", "scheme"),
     [
         ({"mode": "internal"}, {}, "internal"),
-        ({"mode": "cognito", "domain": "a.example.com", "certificate_arn": "arn:aws:acm:us-west-2:111122223333:certificate/abc-1"}, {}, "internet-facing"),
+        (
+            {
+                "mode": "cognito",
+                "domain": "a.example.com",
+                "certificate_arn": "arn:aws:acm:us-west-2:111122223333:certificate/abc-1",
+            },
+            {},
+            "internet-facing",
+        ),
         ({"mode": "none", "acknowledge_public_unauthenticated": True}, {}, "internet-facing"),
     ],
 )
 def test_exposure_matrix(auth, edge, scheme):
-    base = yaml.safe_load(open(os.path.join(os.path.dirname(__file__), "..", "config", "default.yaml")))
+    base = yaml.safe_load((REPO / "config" / "default.yaml").read_text())
     base["auth"] = auth
     config = parse_config(base)
     settings = ingress_settings(config, cognito={"userPoolARN": "x", "userPoolClientID": "y", "userPoolDomain": "z"})
@@ -213,12 +237,18 @@ def test_network_policy_admits_only_alb_subnets_on_comfyui_port(synth):
 
 
 def test_load_balancer_controller(synth):
-    release = next(r for r in synth.resources("workload", "helm_release").values() if r["name"] == "aws-load-balancer-controller")
+    release = next(
+        r for r in synth.resources("workload", "helm_release").values() if r["name"] == "aws-load-balancer-controller"
+    )
     values = yaml.safe_load(release["values"][0])
     assert values["region"] == synth.config.region and values["vpcId"].startswith("${data.terraform_remote_state.")
     # The project's tags on the ALBs, target groups and security groups the controller creates.
     assert values["defaultTags"] == synth.config.tags and synth.config.tags
-    assoc = [a for a in synth.resources("platform", "aws_eks_pod_identity_association").values() if a["service_account"] == LBC_SERVICE_ACCOUNT]
+    assoc = [
+        a
+        for a in synth.resources("platform", "aws_eks_pod_identity_association").values()
+        if a["service_account"] == LBC_SERVICE_ACCOUNT
+    ]
     assert assoc and assoc[0]["namespace"] == LBC_NAMESPACE
 
 
@@ -282,7 +312,9 @@ def test_edge_distribution(synth_variants):
     assert sorted(behavior["allowed_methods"]) == sorted(["GET", "HEAD", "OPTIONS", "PUT", "POST", "PATCH", "DELETE"])
     assert behavior["viewer_protocol_policy"] == "redirect-to-https"
     assert behavior["cache_policy_id"] == "4135ea2d-6df8-44a3-9df3-4b5a84be39ad"  # CachingDisabled
-    assert behavior["origin_request_policy_id"] == "216adef6-5c7f-47e4-b989-5492eafa07d3"  # AllViewer (websockets, Host)
+    assert (
+        behavior["origin_request_policy_id"] == "216adef6-5c7f-47e4-b989-5492eafa07d3"
+    )  # AllViewer (websockets, Host)
     origin = dist["origin"][0]
     assert origin["vpc_origin_config"]["origin_read_timeout"] == synth.config.edge.origin_read_timeout_seconds
     assert dist["aliases"] == [synth.config.auth.domain]
@@ -294,12 +326,23 @@ def test_edge_distribution(synth_variants):
     waf = next(iter(synth.resources("edge", "aws_wafv2_web_acl").values()))
     rules = {r["Name"]: r for r in json.loads(waf["rule_json"])}
     assert {"AWSManagedRulesCommonRuleSet", "AWSManagedRulesKnownBadInputsRuleSet", "rate-limit-per-ip"} <= set(rules)
-    assert rules["rate-limit-per-ip"]["Statement"]["RateBasedStatement"]["Limit"] == synth.config.edge.rate_limit_per_5_min == 5000
+    assert (
+        rules["rate-limit-per-ip"]["Statement"]["RateBasedStatement"]["Limit"]
+        == synth.config.edge.rate_limit_per_5_min
+        == 5000
+    )
     # Body inspection that misfires on uploads and workflow JSON only counts; the rest blocks.
     overrides = rules["AWSManagedRulesCommonRuleSet"]["Statement"]["ManagedRuleGroupStatement"]["RuleActionOverrides"]
-    assert {o["Name"] for o in overrides} == {"SizeRestrictions_BODY", "CrossSiteScripting_BODY", "GenericLFI_BODY", "GenericRFI_BODY"}
+    assert {o["Name"] for o in overrides} == {
+        "SizeRestrictions_BODY",
+        "CrossSiteScripting_BODY",
+        "GenericLFI_BODY",
+        "GenericRFI_BODY",
+    }
     assert all(o["ActionToUse"] == {"Count": {}} for o in overrides)
-    assert all(r.get("OverrideAction", {"None": {}}) == {"None": {}} for r in rules.values()), "no rule group counted wholesale"
+    assert all(r.get("OverrideAction", {"None": {}}) == {"None": {}} for r in rules.values()), (
+        "no rule group counted wholesale"
+    )
     assert waf["scope"] == "CLOUDFRONT" and waf["region"] == "us-east-1"
     assert dist["web_acl_id"].startswith("${aws_wafv2_web_acl.")
     logging = next(iter(synth.resources("edge", "aws_wafv2_web_acl_logging_configuration").values()))
@@ -348,15 +391,28 @@ def _start_uploader(tmp_path, *, quiet: str, retain: str):
     src, dst = tmp_path / "local", tmp_path / "s3"
     src.mkdir(exist_ok=True)
     dst.mkdir(exist_ok=True)
-    proc = subprocess.Popen([sys.executable, str(POD_PROGRAMS / "outputs_uploader.py"), str(src), str(dst),
-                             "--prefix=comfyui-abc-123", f"--quiet={quiet}", f"--retain={retain}", "--interval=0.2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(POD_PROGRAMS / "outputs_uploader.py"),
+            str(src),
+            str(dst),
+            "--prefix=comfyui-abc-123",
+            f"--quiet={quiet}",
+            f"--retain={retain}",
+            "--interval=0.2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     return proc, src, dst / "comfyui-abc-123"
 
 
 def _wait_for(path, content=None, seconds=20):
     """Wait until `path` exists (and holds `content`): the uploader creates a file before
     it writes it, so existence alone does not mean the copy is complete."""
+
     def ready():
         return path.exists() and (content is None or path.read_bytes() == content)
 
@@ -430,7 +486,7 @@ def test_uploader_removes_local_copies_after_retention_only_once_uploaded(tmp_pa
 class _Queue(http.server.BaseHTTPRequestHandler):
     states: list = []
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         body = json.dumps(self.states.pop(0) if len(self.states) > 1 else self.states[0]).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -528,14 +584,17 @@ def test_wait_for_model_cache_refuses_bad_timings(tmp_path):
 
 
 def test_internal_alb_admits_configured_vpn_and_peering_ranges():
-    base = yaml.safe_load(open(os.path.join(os.path.dirname(__file__), "..", "config", "default.yaml")))
+    base = yaml.safe_load((REPO / "config" / "default.yaml").read_text())
     config = parse_config(base)
     assert ingress_settings(config, cognito=None).inbound_cidrs == [config.network.vpc_cidr]
     # Added to the VPC, never instead of it (in-VPC clients, CloudFront VPC origins); no repeats.
     base["network"]["internal_alb_cidrs"] = ["10.99.0.0/16", config.network.vpc_cidr, "192.168.8.0/24"]
     settings = ingress_settings(parse_config(base), cognito=None)
     annotations = comfyui.ingress(settings)["metadata"]["annotations"]
-    assert annotations["alb.ingress.kubernetes.io/inbound-cidrs"] == f"{config.network.vpc_cidr},10.99.0.0/16,192.168.8.0/24"
+    assert (
+        annotations["alb.ingress.kubernetes.io/inbound-cidrs"]
+        == f"{config.network.vpc_cidr},10.99.0.0/16,192.168.8.0/24"
+    )
 
 
 def test_ingress_apply_waits_for_its_alb(synth_variants):
@@ -566,15 +625,22 @@ def test_internal_api_endpoint_beside_cognito(synth_variants):
     assert api["alb.ingress.kubernetes.io/inbound-cidrs"] == synth.config.network.vpc_cidr
     assert api["alb.ingress.kubernetes.io/load-balancer-attributes"] == "idle_timeout.timeout_seconds=3600"
     # Only the main ALB carries the tag value the edge stack looks up.
-    tags = {k: m["metadata"]["annotations"]["alb.ingress.kubernetes.io/tags"]
-            for k, m in manifests.items() if k.startswith("Ingress/")}
+    tags = {
+        k: m["metadata"]["annotations"]["alb.ingress.kubernetes.io/tags"]
+        for k, m in manifests.items()
+        if k.startswith("Ingress/")
+    }
     assert tags == {
         "Ingress/comfyui": f"{names.ALB_TAG_KEY}={synth.config.alb_tag_value}",
         "Ingress/comfyui-api": f"{names.ALB_TAG_KEY}={synth.config.api_alb_tag_value}",
     }
     edge_lb = next(iter(synth.stack("edge")["data"]["aws_lb"].values()))
     assert edge_lb["tags"] == {names.ALB_TAG_KEY: synth.config.alb_tag_value}
-    backends = {k: m["spec"]["rules"][0]["http"]["paths"][0]["backend"] for k, m in manifests.items() if k.startswith("Ingress/")}
+    backends = {
+        k: m["spec"]["rules"][0]["http"]["paths"][0]["backend"]
+        for k, m in manifests.items()
+        if k.startswith("Ingress/")
+    }
     assert backends["Ingress/comfyui-api"] == backends["Ingress/comfyui"]
     # Off by default: one Ingress only.
     assert [k for k in _manifests(synth_variants["default"]) if k.startswith("Ingress/")] == ["Ingress/comfyui"]
@@ -583,9 +649,13 @@ def test_internal_api_endpoint_beside_cognito(synth_variants):
 def test_network_policy_admits_the_subnets_of_both_albs():
     """An internet-facing Cognito ALB lives in the public subnets, the API ALB in the internal
     ALB subnets: the NetworkPolicy admits both, and nothing else."""
-    base = yaml.safe_load(open(os.path.join(os.path.dirname(__file__), "..", "config", "default.yaml")))
-    base["auth"] = {"mode": "cognito", "domain": "a.example.com", "internal_api_endpoint": True,
-                    "certificate_arn": "arn:aws:acm:us-west-2:111122223333:certificate/abc-1"}
+    base = yaml.safe_load((REPO / "config" / "default.yaml").read_text())
+    base["auth"] = {
+        "mode": "cognito",
+        "domain": "a.example.com",
+        "internal_api_endpoint": True,
+        "certificate_arn": "arn:aws:acm:us-west-2:111122223333:certificate/abc-1",
+    }
     config = parse_config(base)
     main = ingress_settings(config, cognito={"userPoolARN": "x", "userPoolClientID": "y", "userPoolDomain": "z"})
     api = api_ingress_settings(config)
@@ -594,9 +664,17 @@ def test_network_policy_admits_the_subnets_of_both_albs():
 
     plan = subnet_plan(config.network.vpc_cidr, config.network.az_count)
     objects = comfyui.comfyui_manifests(
-        image="repo:tag", model_cache_wait_seconds=60, runner=comfyui.JobRunnerSettings(table="t", queue_url="q", inputs_bucket="i", outputs_bucket="o", region="us-west-2", timeout_seconds=60), settings=main, api_settings=api
+        image="repo:tag",
+        model_cache_wait_seconds=60,
+        runner=comfyui.JobRunnerSettings(
+            table="t", queue_url="q", inputs_bucket="i", outputs_bucket="o", region="us-west-2", timeout_seconds=60
+        ),
+        settings=main,
+        api_settings=api,
     ).values()
     net = next(o for o in objects if o["kind"] == "NetworkPolicy")
     assert [b["ipBlock"]["cidr"] for b in net["spec"]["ingress"][0]["from"]] == plan.public + plan.internal_alb
     assert [o["metadata"]["name"] for o in objects if o["kind"] == "Ingress"] == ["comfyui", "comfyui-api"]
-    assert api_ingress_settings(parse_config({**base, "auth": {**base["auth"], "internal_api_endpoint": False}})) is None
+    assert (
+        api_ingress_settings(parse_config({**base, "auth": {**base["auth"], "internal_api_endpoint": False}})) is None
+    )

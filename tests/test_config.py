@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from core.config import DEFAULT_CONFIG, Config, ConfigError, load_config, parse_config
 from tests.helpers import REPO
@@ -33,9 +34,9 @@ def errors_for(**changes) -> list[str]:
 def test_default_config_is_valid_and_frozen():
     config = load_config()
     assert isinstance(config, Config)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         config.project = "other"  # type: ignore[misc]
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         config.network.az_count = 5  # type: ignore[misc]
 
 
@@ -95,13 +96,31 @@ def test_longest_derived_bucket_name_is_s3_safe():
         ({"auth__internal_api_endpoint": True}, "auth", "remove internal_api_endpoint, or use mode: cognito"),
         ({"comfyui__image_tag": "latest"}, "comfyui.image_tag", "pinned"),
         ({"tags": {"aws:owner": "x"}}, "tags", "reserved"),
-        ({"cluster_access__viewer_role_arns": ["arn:aws:sts::111122223333:assumed-role/ci/session"]},
-         "cluster_access.viewer_role_arns", "not an IAM role ARN"),
-        ({"cluster_access__admin_role_arns": ["arn:aws:iam::111122223333:role/a", "arn:aws:iam::111122223333:role/a"]},
-         "cluster_access.admin_role_arns", "listed twice"),
-        ({"cluster_access": {"viewer_role_arns": ["arn:aws:iam::111122223333:role/a"],
-                             "admin_role_arns": ["arn:aws:iam::111122223333:role/a"]}},
-         "cluster_access", "both viewer and admin"),
+        (
+            {"cluster_access__viewer_role_arns": ["arn:aws:sts::111122223333:assumed-role/ci/session"]},
+            "cluster_access.viewer_role_arns",
+            "not an IAM role ARN",
+        ),
+        (
+            {
+                "cluster_access__admin_role_arns": [
+                    "arn:aws:iam::111122223333:role/a",
+                    "arn:aws:iam::111122223333:role/a",
+                ]
+            },
+            "cluster_access.admin_role_arns",
+            "listed twice",
+        ),
+        (
+            {
+                "cluster_access": {
+                    "viewer_role_arns": ["arn:aws:iam::111122223333:role/a"],
+                    "admin_role_arns": ["arn:aws:iam::111122223333:role/a"],
+                }
+            },
+            "cluster_access",
+            "both viewer and admin",
+        ),
         ({"tags": {"comfyui.io/cluster": "other"}}, "tags", "set by this product or its controllers"),
         ({"tags": {"karpenter.sh/nodepool": "x"}}, "tags", "set by this product or its controllers"),
         ({"tags": {"kubernetes.io/cluster/x": "owned"}}, "tags", "set by this product or its controllers"),
@@ -113,30 +132,43 @@ def test_longest_derived_bucket_name_is_s3_safe():
 )
 def test_bad_input_names_key_and_fix(changes, key, hint):
     errors = errors_for(**changes)
-    matching = [e for e in errors if e.startswith(f"{key}:") or e.startswith(f"{key}.")]
+    matching = [e for e in errors if e.startswith((f"{key}:", f"{key}."))]
     assert matching, errors
     assert any(hint in e for e in matching), matching
     assert all("fix:" in e for e in errors), errors
 
 
-COGNITO = {"mode": "cognito", "domain": "a.example.com",
-           "certificate_arn": "arn:aws:acm:us-west-2:111122223333:certificate/abc-1"}
+COGNITO = {
+    "mode": "cognito",
+    "domain": "a.example.com",
+    "certificate_arn": "arn:aws:acm:us-west-2:111122223333:certificate/abc-1",
+}
 
 
 @pytest.mark.parametrize(
     ("changes", "hint"),
     [
         # An ALB takes certificates only from its own region and account, CloudFront only from us-east-1.
-        ({"auth": {**COGNITO, "certificate_arn": "arn:aws:acm:eu-west-1:111122223333:certificate/abc-1"}},
-         "auth.certificate_arn is in region 'eu-west-1'"),
-        ({"auth": {**COGNITO, "certificate_arn": "arn:aws:acm:us-west-2:999999999999:certificate/abc-1"}},
-         "auth.certificate_arn is in region 'us-west-2', account '999999999999'"),
-        ({"auth": COGNITO, "edge": {"cloudfront": True,
-                                    "certificate_arn": "arn:aws:acm:us-east-1:999999999999:certificate/abc-2"}},
-         "edge.certificate_arn is in region 'us-east-1', account '999999999999'"),
+        (
+            {"auth": {**COGNITO, "certificate_arn": "arn:aws:acm:eu-west-1:111122223333:certificate/abc-1"}},
+            "auth.certificate_arn is in region 'eu-west-1'",
+        ),
+        (
+            {"auth": {**COGNITO, "certificate_arn": "arn:aws:acm:us-west-2:999999999999:certificate/abc-1"}},
+            "auth.certificate_arn is in region 'us-west-2', account '999999999999'",
+        ),
+        (
+            {
+                "auth": COGNITO,
+                "edge": {"cloudfront": True, "certificate_arn": "arn:aws:acm:us-east-1:999999999999:certificate/abc-2"},
+            },
+            "edge.certificate_arn is in region 'us-east-1', account '999999999999'",
+        ),
         ({"auth": COGNITO, "project": "my-cognito"}, "Cognito refuses in its domain prefix"),
-        ({"buckets": {"inputs": "shared-bucket-1", "outputs": "shared-bucket-1"}},
-         "buckets.outputs and buckets.inputs are both 'shared-bucket-1'"),
+        (
+            {"buckets": {"inputs": "shared-bucket-1", "outputs": "shared-bucket-1"}},
+            "buckets.outputs and buckets.inputs are both 'shared-bucket-1'",
+        ),
         ({"buckets": {"models": "comfyui-tfstate-111122223333-us-west-2"}}, "the state bucket and buckets.models"),
         ({"cluster_access": {"viewer_role_arns": ["arn:aws-cn:iam::111122223333:role/ci"]}}, "not in partition 'aws'"),
     ],
@@ -151,8 +183,11 @@ def test_cross_key_errors_name_the_keys_and_fix(changes, hint):
 
 def test_several_cross_key_errors_one_line_each():
     data = base()
-    data.update(project="my-cognito", auth={**COGNITO, "certificate_arn": "arn:aws:acm:eu-west-1:111122223333:certificate/a"},
-                buckets={"inputs": "shared-bucket-1", "outputs": "shared-bucket-1"})
+    data.update(
+        project="my-cognito",
+        auth={**COGNITO, "certificate_arn": "arn:aws:acm:eu-west-1:111122223333:certificate/a"},
+        buckets={"inputs": "shared-bucket-1", "outputs": "shared-bucket-1"},
+    )
     with pytest.raises(ConfigError) as exc:
         parse_config(data)
     assert len(exc.value.errors) == 3 and all("\n" not in e and "fix:" in e for e in exc.value.errors)
@@ -318,11 +353,20 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 _SCALARS = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.integers(min_value=10**30, max_value=10**60), st.floats(allow_nan=True),
-    st.text(max_size=40), st.text(alphabet="0123456789٠١٢३\n\t ./-:@${}", max_size=20),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.integers(min_value=10**30, max_value=10**60),
+    st.floats(allow_nan=True),
+    st.text(max_size=40),
+    st.text(alphabet="0123456789٠١٢३\n\t ./-:@${}", max_size=20),
     st.sampled_from(["0.0.0.0/0", "10.0.0.0/8", "1h", "0s", "al2023@latest", "g6.xlarge", "loras/", "Never", ""]),
 )
-_VALUES = st.recursive(_SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)), max_leaves=12)
+_VALUES = st.recursive(
+    _SCALARS,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+    max_leaves=12,
+)
 
 
 def _paths(node, prefix=()):
@@ -390,8 +434,12 @@ def test_default_yaml_documents_every_option():
     documented = yaml.safe_load(DEFAULT_CONFIG.read_text())
     assert keys(documented) == fields(Config)
     config = load_config()
-    defaults = Config.model_validate({"project": config.project, "account_id": config.account_id, "region": config.region})
-    assert config.model_dump(exclude={"tags"}) == defaults.model_dump(exclude={"tags"}), "default.yaml must show the defaults"
+    defaults = Config.model_validate(
+        {"project": config.project, "account_id": config.account_id, "region": config.region}
+    )
+    assert config.model_dump(exclude={"tags"}) == defaults.model_dump(exclude={"tags"}), (
+        "default.yaml must show the defaults"
+    )
     text = DEFAULT_CONFIG.read_text()
     for name in fields(Config):
         line = next(i for i, line in enumerate(text.splitlines()) if line.startswith(f"{name}:"))

@@ -42,9 +42,13 @@ def _ref_key(ref: str) -> str:
 
 
 PROTECTIONS = {
-    "aws_s3_bucket_ownership_controls", "aws_s3_bucket_public_access_block", "aws_s3_bucket_policy",
-    "aws_s3_bucket_server_side_encryption_configuration", "aws_s3_bucket_versioning",
-    "aws_s3_bucket_lifecycle_configuration", "aws_s3_bucket_logging",
+    "aws_s3_bucket_ownership_controls",
+    "aws_s3_bucket_public_access_block",
+    "aws_s3_bucket_policy",
+    "aws_s3_bucket_server_side_encryption_configuration",
+    "aws_s3_bucket_versioning",
+    "aws_s3_bucket_lifecycle_configuration",
+    "aws_s3_bucket_logging",
 }
 
 
@@ -63,11 +67,19 @@ def _bucket_resources(stack: dict) -> dict[str, set[str]]:
 def test_buckets_depend_on_their_keys_and_protect_data_as_configured(synth_variants, variant):
     synth = synth_variants[variant]
     protect = synth.config.data_protection.prevent_destroy
-    data_buckets = {synth.config.state_bucket, synth.config.models_bucket, synth.config.inputs_bucket, synth.config.outputs_bucket}
+    data_buckets = {
+        synth.config.state_bucket,
+        synth.config.models_bucket,
+        synth.config.inputs_bucket,
+        synth.config.outputs_bucket,
+    }
     protected_keys = {f"{synth.config.project}-tfstate", f"{synth.config.project}-data"}
     for cycle in ("state", "platform"):
         stack = synth.stack(cycle)
-        aliases = {a["target_key_id"].split(".")[1]: a["name"].removeprefix("alias/") for a in stack["resource"]["aws_kms_alias"].values()}
+        aliases = {
+            a["target_key_id"].split(".")[1]: a["name"].removeprefix("alias/")
+            for a in stack["resource"]["aws_kms_alias"].values()
+        }
         for name, key in stack["resource"]["aws_kms_key"].items():
             wanted = protect and aliases[name] in protected_keys
             assert key.get("lifecycle", {}).get("prevent_destroy", False) is wanted, (cycle, aliases[name])
@@ -92,17 +104,24 @@ def test_every_bucket_is_guarded_before_its_protections_go(synth_variants):
         for cycle in ("state", "platform"):
             stack = synth.stack(cycle)
             attached = _bucket_resources(stack)
-            guards = {g["input"]["bucket"]: g for g in stack["resource"]["terraform_data"].values() if "provisioner" in g}
+            guards = {
+                g["input"]["bucket"]: g for g in stack["resource"]["terraform_data"].values() if "provisioner" in g
+            }
             for name, bucket in stack["resource"]["aws_s3_bucket"].items():
                 guard = guards[bucket["bucket"]]
                 assert set(guard["depends_on"]) == attached[f"aws_s3_bucket.{name}"], (variant, bucket["bucket"])
-                assert {"aws_s3_bucket_policy", "aws_s3_bucket_public_access_block",
-                        "aws_s3_bucket_server_side_encryption_configuration"} <= {a.split(".")[0] for a in guard["depends_on"]}
+                assert {
+                    "aws_s3_bucket_policy",
+                    "aws_s3_bucket_public_access_block",
+                    "aws_s3_bucket_server_side_encryption_configuration",
+                } <= {a.split(".")[0] for a in guard["depends_on"]}
                 (provisioner,) = guard["provisioner"]
                 local = provisioner["local-exec"]
                 assert local["when"] == "destroy" and local["interpreter"] == ["bash"]
                 assert local["environment"] == {"BUCKET": "${self.input.bucket}", "AWS_REGION": "${self.input.region}"}
-                script = synth.paths[synth.config.stack_name(cycle)].parent / local["command"].removeprefix("${path.module}/")
+                script = synth.paths[synth.config.stack_name(cycle)].parent / local["command"].removeprefix(
+                    "${path.module}/"
+                )
                 assert script.read_bytes() == GUARD.read_bytes()
 
 
@@ -117,14 +136,19 @@ def s3(aws_cli_env):
     import boto3
 
     client = boto3.client(
-        "s3", endpoint_url=aws_cli_env["AWS_ENDPOINT_URL"], region_name="us-west-2",
-        aws_access_key_id="testing", aws_secret_access_key="testing",
+        "s3",
+        endpoint_url=aws_cli_env["AWS_ENDPOINT_URL"],
+        region_name="us-west-2",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
     )
     return client
 
 
 def _guard(env: dict, bucket: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(GUARD)], env={**env, "BUCKET": bucket}, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        ["bash", str(GUARD)], env={**env, "BUCKET": bucket}, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_guard_passes_empty_and_missing_buckets_and_stops_on_any_data(aws_cli_env, s3, tmp_path):
@@ -172,8 +196,12 @@ def test_api_endpoint_lists_who_may_reach_it(synth_variants):
     assert eks["endpoint_public_access_cidrs"] == list(network.api_public_cidrs)
     (rule,) = eks["security_group_additional_rules"].values()
     assert rule == {
-        "description": "Kubernetes API from peered networks and VPN clients", "protocol": "tcp",
-        "from_port": 443, "to_port": 443, "type": "ingress", "cidr_blocks": list(network.api_private_cidrs),
+        "description": "Kubernetes API from peered networks and VPN clients",
+        "protocol": "tcp",
+        "from_port": 443,
+        "to_port": 443,
+        "type": "ingress",
+        "cidr_blocks": list(network.api_private_cidrs),
     }
 
 
@@ -184,20 +212,37 @@ def test_api_open_to_everyone_only_acknowledged_and_with_a_warning(synth_variant
     for wide in ("0.0.0.0/0", "0.0.0.0/1", "64.0.0.0/7"):
         with pytest.raises(ConfigError) as exc:
             _config(network={"api_public_cidrs": [wide]})
-        assert any(e.startswith("network:") and "acknowledge_public_api" in e for e in exc.value.errors), exc.value.errors
+        assert any(e.startswith("network:") and "acknowledge_public_api" in e for e in exc.value.errors), (
+            exc.value.errors
+        )
 
 
 # --- 5. only the load balancers reach ComfyUI --------------------------------------------
 
 MODES = {
     "internal": {"auth": {"mode": "internal"}},
-    "cognito": {"auth": {"mode": "cognito", "domain": "a.example.com",
-                         "certificate_arn": "arn:aws:acm:us-west-2:111122223333:certificate/abc-1"}},
-    "cognito+api": {"auth": {"mode": "cognito", "domain": "a.example.com", "internal_api_endpoint": True,
-                             "certificate_arn": "arn:aws:acm:us-west-2:111122223333:certificate/abc-1"}},
+    "cognito": {
+        "auth": {
+            "mode": "cognito",
+            "domain": "a.example.com",
+            "certificate_arn": "arn:aws:acm:us-west-2:111122223333:certificate/abc-1",
+        }
+    },
+    "cognito+api": {
+        "auth": {
+            "mode": "cognito",
+            "domain": "a.example.com",
+            "internal_api_endpoint": True,
+            "certificate_arn": "arn:aws:acm:us-west-2:111122223333:certificate/abc-1",
+        }
+    },
     "none": {"auth": {"mode": "none", "acknowledge_public_unauthenticated": True}},
     "cognito+cloudfront": {
-        "auth": {"mode": "cognito", "domain": "a.example.com", "certificate_arn": "arn:aws:acm:us-west-2:111122223333:certificate/abc-1"},
+        "auth": {
+            "mode": "cognito",
+            "domain": "a.example.com",
+            "certificate_arn": "arn:aws:acm:us-west-2:111122223333:certificate/abc-1",
+        },
         "edge": {"cloudfront": True, "certificate_arn": "arn:aws:acm:us-east-1:111122223333:certificate/abc-2"},
     },
     "none+cloudfront": {
@@ -208,7 +253,9 @@ MODES = {
 
 
 @pytest.mark.parametrize("mode", sorted(MODES))
-@pytest.mark.parametrize("network", [{"vpc_cidr": "10.42.0.0/16", "az_count": 3}, {"vpc_cidr": "172.16.0.0/20", "az_count": 6}])
+@pytest.mark.parametrize(
+    "network", [{"vpc_cidr": "10.42.0.0/16", "az_count": 3}, {"vpc_cidr": "172.16.0.0/20", "az_count": 6}]
+)
 def test_network_policy_admits_only_load_balancer_subnets(mode, network):
     """For every auth/edge mode: the NetworkPolicy admits exactly the subnets the mode's ALBs
     are pinned to, and none of them overlaps a subnet that holds nodes or pods."""
@@ -221,7 +268,15 @@ def test_network_policy_admits_only_load_balancer_subnets(mode, network):
     cognito = {"userPoolARN": "x", "userPoolClientID": "y", "userPoolDomain": "z"}
     main = ingress_settings(config, cognito=cognito, subnet_ids=subnets)
     api = api_ingress_settings(config, subnet_ids=subnets)
-    objects = comfyui.comfyui_manifests(image="r:t", model_cache_wait_seconds=60, runner=comfyui.JobRunnerSettings(table="t", queue_url="q", inputs_bucket="i", outputs_bucket="o", region="us-west-2", timeout_seconds=60), settings=main, api_settings=api)
+    objects = comfyui.comfyui_manifests(
+        image="r:t",
+        model_cache_wait_seconds=60,
+        runner=comfyui.JobRunnerSettings(
+            table="t", queue_url="q", inputs_bucket="i", outputs_bucket="o", region="us-west-2", timeout_seconds=60
+        ),
+        settings=main,
+        api_settings=api,
+    )
     policy = objects["comfyui_networkpolicy"]["spec"]
     assert policy["policyTypes"] == ["Ingress"] and len(policy["ingress"]) == 1
     admitted = {b["ipBlock"]["cidr"] for b in policy["ingress"][0]["from"]}
@@ -252,7 +307,9 @@ def test_alb_subnets_exist_as_planned_and_nothing_else_is_tagged_for_internal_al
         # The workload stack pins each Ingress to those subnets (platform outputs).
         for res in synth.resources("workload", "kubernetes_manifest").values():
             if res["manifest"]["kind"] == "Ingress":
-                assert res["manifest"]["metadata"]["annotations"]["alb.ingress.kubernetes.io/subnets"].startswith("${join(")
+                assert res["manifest"]["metadata"]["annotations"]["alb.ingress.kubernetes.io/subnets"].startswith(
+                    "${join("
+                )
 
 
 # --- 7. least privilege -----------------------------------------------------------------
@@ -290,13 +347,19 @@ def test_load_balancer_controller_changes_only_this_clusters_resources(synth_var
                 assert f":{synth.config.region}:{synth.config.account_id}:" in resource, (statement["sid"], resource)
         sids = {s["sid"]: s for s in document["statement"]}
         (vpc,) = sids["CreateSecurityGroupInThisVpc"]["resources"]
-        assert vpc.startswith(f"arn:aws:ec2:{synth.config.region}:{synth.config.account_id}:vpc/${{module.") and vpc.endswith(".vpc_id}")
+        assert vpc.startswith(
+            f"arn:aws:ec2:{synth.config.region}:{synth.config.account_id}:vpc/${{module."
+        ) and vpc.endswith(".vpc_id}")
         assert sids["SecurityGroupRulesInThisVpc"]["condition"][0]["values"] == [vpc]
 
 
 def test_gpu_nodes_get_run_command_not_the_managed_ssm_policy(synth):
-    karpenter = next(m for m in synth.stack("platform")["module"].values() if m["source"].endswith("//modules/karpenter"))
-    assert not any("AmazonSSMManagedInstanceCore" in arn for arn in karpenter["node_iam_role_additional_policies"].values())
+    karpenter = next(
+        m for m in synth.stack("platform")["module"].values() if m["source"].endswith("//modules/karpenter")
+    )
+    assert not any(
+        "AmazonSSMManagedInstanceCore" in arn for arn in karpenter["node_iam_role_additional_policies"].values()
+    )
     document = next(d for k, d in _documents(synth).items() if k.startswith("gpu_node_document"))
     actions = {a for s in document["statement"] for a in s["actions"]}
     assert not any(a.startswith("ssm:Get") or a in ("ssm:*", "ssmmessages:*", "ec2messages:*") for a in actions)
@@ -309,8 +372,11 @@ def test_gpu_nodes_get_run_command_not_the_managed_ssm_policy(synth):
 def test_pod_identity_roles_trust_one_service_account_of_this_cluster(synth_variants):
     for synth in synth_variants.values():
         trusts = [
-            d for d in _documents(synth).values()
-            if any(p["identifiers"] == ["pods.eks.amazonaws.com"] for s in d["statement"] for p in s.get("principals", []))
+            d
+            for d in _documents(synth).values()
+            if any(
+                p["identifiers"] == ["pods.eks.amazonaws.com"] for s in d["statement"] for p in s.get("principals", [])
+            )
         ]
         # the load balancer controller, the S3 CSI driver, the job runner and KEDA
         assert len(trusts) == 4
@@ -321,12 +387,18 @@ def test_pod_identity_roles_trust_one_service_account_of_this_cluster(synth_vari
             assert conditions["StringEquals:aws:SourceAccount"] == [synth.config.account_id]
             assert conditions["StringEquals:aws:RequestTag/eks-cluster-arn"][0].startswith("${module.")
             assert set(conditions) >= {
-                "StringEquals:aws:RequestTag/kubernetes-namespace", "StringEquals:aws:RequestTag/kubernetes-service-account",
+                "StringEquals:aws:RequestTag/kubernetes-namespace",
+                "StringEquals:aws:RequestTag/kubernetes-service-account",
             }
-        associations = {(a["namespace"], a["service_account"]) for a in synth.resources("platform", "aws_eks_pod_identity_association").values()}
+        associations = {
+            (a["namespace"], a["service_account"])
+            for a in synth.resources("platform", "aws_eks_pod_identity_association").values()
+        }
         trusted = {
-            (_conditions(t["statement"][0])["StringEquals:aws:RequestTag/kubernetes-namespace"][0],
-             _conditions(t["statement"][0])["StringEquals:aws:RequestTag/kubernetes-service-account"][0])
+            (
+                _conditions(t["statement"][0])["StringEquals:aws:RequestTag/kubernetes-namespace"][0],
+                _conditions(t["statement"][0])["StringEquals:aws:RequestTag/kubernetes-service-account"][0],
+            )
             for t in trusts
         }
         assert trusted <= associations
@@ -336,7 +408,9 @@ def test_pod_identity_roles_trust_one_service_account_of_this_cluster(synth_vari
 
 
 def test_waf_log_redacts_session_cookies_and_tokens(synth_variants):
-    logging = next(iter(synth_variants["edge-cognito"].resources("edge", "aws_wafv2_web_acl_logging_configuration").values()))
+    logging = next(
+        iter(synth_variants["edge-cognito"].resources("edge", "aws_wafv2_web_acl_logging_configuration").values())
+    )
     assert {f["single_header"]["name"] for f in logging["redacted_fields"]} == {"cookie", "authorization"}
 
 
@@ -344,12 +418,18 @@ def test_waf_log_redacts_session_cookies_and_tokens(synth_variants):
 
 
 def test_pods_run_the_image_digest_resolved_at_plan(synth):
-    deployment = next(r["manifest"] for r in synth.resources("workload", "kubernetes_manifest").values() if r["manifest"]["kind"] == "Deployment")
+    deployment = next(
+        r["manifest"]
+        for r in synth.resources("workload", "kubernetes_manifest").values()
+        if r["manifest"]["kind"] == "Deployment"
+    )
     spec = deployment["spec"]["template"]["spec"]
-    (lookup_name, lookup), = synth.stack("workload")["data"]["aws_ecr_image"].items()
+    ((lookup_name, lookup),) = synth.stack("workload")["data"]["aws_ecr_image"].items()
     assert lookup["image_tag"] == synth.config.comfyui.image_tag
     for container in spec["containers"] + spec["initContainers"]:
-        assert container["image"].endswith(f":{synth.config.comfyui.image_tag}@${{data.aws_ecr_image.{lookup_name}.image_digest}}")
+        assert container["image"].endswith(
+            f":{synth.config.comfyui.image_tag}@${{data.aws_ecr_image.{lookup_name}.image_digest}}"
+        )
         assert container["imagePullPolicy"] == "Always"
 
 
@@ -397,5 +477,9 @@ def test_alarm_topic_must_be_an_sns_topic_of_this_region_and_account():
 
 
 def test_sync_lambda_knows_its_bucket(synth):
-    function = next(f for f in synth.resources("platform", "aws_lambda_function").values() if f["function_name"].endswith("-model-sync"))
+    function = next(
+        f
+        for f in synth.resources("platform", "aws_lambda_function").values()
+        if f["function_name"].endswith("-model-sync")
+    )
     assert function["environment"]["variables"][names.ENV_MODELS_BUCKET] == synth.config.models_bucket

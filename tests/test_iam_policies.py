@@ -126,9 +126,18 @@ def run_parliament(policy: Policy) -> list[Finding]:
     all_resources = [r for s in statements for r in _list(s.get("Resource", s.get("NotResource")))]
     try:
         analyzed = parliament.analyze_policy_string(json.dumps(doc))
-    except Exception as exc:  # parliament crashes on some shapes; that needs a look too
-        return [Finding("PARLIAMENT_EXCEPTION", "CRITICAL", repr(exc), policy.where, policy.kind,
-                        actions=all_actions, resources=all_resources)]
+    except Exception as exc:  # noqa: BLE001 - parliament crashes on some shapes; that needs a look too
+        return [
+            Finding(
+                "PARLIAMENT_EXCEPTION",
+                "CRITICAL",
+                repr(exc),
+                policy.where,
+                policy.kind,
+                actions=all_actions,
+                resources=all_resources,
+            )
+        ]
     findings = []
 
     def add(raw, stmt: dict | None):
@@ -140,8 +149,11 @@ def run_parliament(policy: Policy) -> list[Finding]:
             for item in raw.detail:  # one finding per mismatched action, each must be accounted for
                 action, required = item.get("action", ""), item.get("required_format", "")
                 elsewhere = _granted_elsewhere(parliament, statements, stmt, action, required)
-                findings.append(Finding(raw.issue, raw.severity, item, policy.where, policy.kind, sid,
-                                        [action], resources, elsewhere))
+                findings.append(
+                    Finding(
+                        raw.issue, raw.severity, item, policy.where, policy.kind, sid, [action], resources, elsewhere
+                    )
+                )
             return
         if raw.issue == "RESOURCE_STAR" and isinstance(raw.detail, list):
             actions = list(raw.detail)
@@ -169,7 +181,7 @@ def _granted_elsewhere(parliament, statements: list[dict], stmt: dict | None, ac
             try:
                 if resource != "*" and parliament.is_arn_strictly_valid(resource_type, required, resource):
                     return True
-            except Exception:  # parliament raises on resources that are not ARNs
+            except Exception:  # noqa: BLE001 - parliament raises on resources that are not ARNs
                 continue
     return False
 
@@ -240,42 +252,72 @@ def test_parliament_reports_object_action_on_bucket_arn():
 
 
 def test_parliament_reports_unknown_actions_and_bad_arns():
-    findings = run_parliament(_policy([
-        {"Effect": "Allow", "Action": "s3:GetObjekt", "Resource": "arn:aws:s3:::b/*"},
-        {"Effect": "Allow", "Action": "sqs:SendMessage", "Resource": "arn:aws:sqs:us-west-2:1234:q"},
-    ]))
+    findings = run_parliament(
+        _policy(
+            [
+                {"Effect": "Allow", "Action": "s3:GetObjekt", "Resource": "arn:aws:s3:::b/*"},
+                {"Effect": "Allow", "Action": "sqs:SendMessage", "Resource": "arn:aws:sqs:us-west-2:1234:q"},
+            ]
+        )
+    )
     assert {f.issue for f in findings} == {"UNKNOWN_ACTION", "INVALID_ARN"}
 
 
 def test_known_false_positive_matching_is_narrow():
     entries = load_known_false_positives()
-    ssm = _policy([{"Effect": "Allow", "Action": "ssm:SendCommand", "Resource": [
-        "arn:aws:ssm:us-west-2::document/AWS-RunShellScript",
-        "arn:aws:ec2:us-west-2:111122223333:instance/*",
-    ]}])
+    ssm = _policy(
+        [
+            {
+                "Effect": "Allow",
+                "Action": "ssm:SendCommand",
+                "Resource": [
+                    "arn:aws:ssm:us-west-2::document/AWS-RunShellScript",
+                    "arn:aws:ec2:us-west-2:111122223333:instance/*",
+                ],
+            }
+        ]
+    )
     findings = run_parliament(ssm)
     assert [f.issue for f in findings] == ["RESOURCE_MISMATCH"]
     assert is_known_false_positive(findings[0], entries)
     # the same action against a customer-owned document name that is not an ARN is still reported
-    wrong = _policy([{"Effect": "Allow", "Action": "ssm:SendCommand", "Resource": [
-        "arn:aws:ssm:us-west-2:111122223333:parameter/AWS-RunShellScript",
-        "arn:aws:ec2:us-west-2:111122223333:instance/*",
-    ]}])
+    wrong = _policy(
+        [
+            {
+                "Effect": "Allow",
+                "Action": "ssm:SendCommand",
+                "Resource": [
+                    "arn:aws:ssm:us-west-2:111122223333:parameter/AWS-RunShellScript",
+                    "arn:aws:ec2:us-west-2:111122223333:instance/*",
+                ],
+            }
+        ]
+    )
     assert [f for f in run_parliament(wrong) if not is_known_false_positive(f, entries)]
     # RESOURCE_STAR is tolerated in key policies only
-    star = [{"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"},
-             "Action": "kms:*", "Resource": "*"}]
+    star = [
+        {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"}, "Action": "kms:*", "Resource": "*"}
+    ]
     assert all(is_known_false_positive(f, entries) for f in run_parliament(_policy(star, "key")))
     identity = [{"Effect": "Allow", "Action": "kms:Decrypt", "Resource": "*"}]
     assert not any(is_known_false_positive(f, entries) for f in run_parliament(_policy(identity)))
 
 
 def test_trust_policies_get_a_resource_for_parliament():
-    trust = _policy([{"Effect": "Allow", "Principal": {"Service": "pods.eks.amazonaws.com"},
-                      "Action": ["sts:AssumeRole", "sts:TagSession"]}], "trust")
+    trust = _policy(
+        [
+            {
+                "Effect": "Allow",
+                "Principal": {"Service": "pods.eks.amazonaws.com"},
+                "Action": ["sts:AssumeRole", "sts:TagSession"],
+            }
+        ],
+        "trust",
+    )
     assert run_parliament(trust) == []
-    typo = _policy([{"Effect": "Allow", "Principal": {"Service": "pods.eks.amazonaws.com"},
-                     "Action": ["sts:AssumeRol"]}], "trust")
+    typo = _policy(
+        [{"Effect": "Allow", "Principal": {"Service": "pods.eks.amazonaws.com"}, "Action": ["sts:AssumeRol"]}], "trust"
+    )
     assert [f.issue for f in run_parliament(typo)] == ["UNKNOWN_ACTION"]
 
 
@@ -314,7 +356,7 @@ def wildcard_errors(policy: Policy) -> list[str]:
                 continue
             if policy.kind == "key" and action == "kms:*" and _principal_is_account_root(stmt):
                 continue
-            errors.append(f"{label}: Allow {action} on Resource \"*\"")
+            errors.append(f'{label}: Allow {action} on Resource "*"')
     return errors
 
 
@@ -345,7 +387,7 @@ def secure_transport_errors(policy: Policy) -> list[str]:
             errors.append(f"{label}: no Resource")
         # which of them are S3 (judged on the placeholder document, same order)
         placeholders = _list(_statements_of(policy.document)[i].get("Resource")) if policy.document else []
-        s3 = {raw for raw, ph in zip(raw_resources, placeholders) if str(ph).startswith("arn:aws:s3:::")}
+        s3 = {raw for raw, ph in zip(raw_resources, placeholders, strict=False) if str(ph).startswith("arn:aws:s3:::")}
         resources = set(raw_resources)
         for resource in sorted(s3):
             bucket = resource[:-2] if resource.endswith("/*") else resource
@@ -376,14 +418,27 @@ def test_structural_checks_catch_bad_policies():
     star = _policy([{"Effect": "Allow", "Action": ["s3:*"], "Resource": "*"}])
     assert wildcard_errors(star) == ['test-stack: hand-made [identity] statement 0: Allow s3:* on Resource "*"']
     assert wildcard_errors(_policy([{"Effect": "Allow", "NotAction": "iam:*", "Resource": "*"}]))
-    root_admin = [{"Sid": "Root", "Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"},
-                   "Action": "kms:*", "Resource": "*"}]
+    root_admin = [
+        {
+            "Sid": "Root",
+            "Effect": "Allow",
+            "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"},
+            "Action": "kms:*",
+            "Resource": "*",
+        }
+    ]
     assert wildcard_errors(_policy(root_admin, "key")) == []
     assert wildcard_errors(_policy(root_admin, "bucket"))
     others = [{**root_admin[0], "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:role/x"}}]
     assert wildcard_errors(_policy(others, "key"))
-    tls = {"Sid": "TLS", "Effect": "Deny", "Principal": "*", "Action": "s3:*",
-           "Resource": "${aws_s3_bucket.b.arn}", "Condition": {"Bool": {"aws:SecureTransport": "false"}}}
+    tls = {
+        "Sid": "TLS",
+        "Effect": "Deny",
+        "Principal": "*",
+        "Action": "s3:*",
+        "Resource": "${aws_s3_bucket.b.arn}",
+        "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+    }
     half = _policy([tls], "bucket")
     half.document = {"Version": "2012-10-17", "Statement": [{**tls, "Resource": "arn:aws:s3:::placeholder-bucket"}]}
     assert secure_transport_errors(half) == [
@@ -392,14 +447,18 @@ def test_structural_checks_catch_bad_policies():
     ]
     queue_tls = {**tls, "Action": "sqs:*", "Resource": "${aws_sqs_queue.q.arn}"}
     queue = _policy([queue_tls], "queue")
-    queue.document = {"Version": "2012-10-17",
-                      "Statement": [{**queue_tls, "Resource": ARN_BY_RESOURCE_TYPE["aws_sqs_queue"]}]}
+    queue.document = {
+        "Version": "2012-10-17",
+        "Statement": [{**queue_tls, "Resource": ARN_BY_RESOURCE_TYPE["aws_sqs_queue"]}],
+    }
     assert secure_transport_errors(queue) == []
     assert secure_transport_errors(_policy([{**queue_tls, "Effect": "Allow"}], "queue"))
-    assert principal_errors(_policy([{"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject",
-                                      "Resource": "arn:aws:s3:::b/*"}]))
-    assert principal_errors(_policy([{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::b/*"}],
-                                    "bucket"))
+    assert principal_errors(
+        _policy([{"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::b/*"}])
+    )
+    assert principal_errors(
+        _policy([{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::b/*"}], "bucket")
+    )
 
 
 # --- the synthesized stacks ------------------------------------------------------------------
@@ -470,8 +529,11 @@ def test_every_bucket_denies_insecure_transport(synth_variants, variant):
                     continue
                 for stmt in _statements_of(policy.raw):
                     resources = set(_list(stmt.get("Resource")))
-                    if (stmt.get("Effect") == "Deny" and "aws:SecureTransport" in json.dumps(stmt.get("Condition", {}))
-                            and {arn, f"{arn}/*"} <= resources):
+                    if (
+                        stmt.get("Effect") == "Deny"
+                        and "aws:SecureTransport" in json.dumps(stmt.get("Condition", {}))
+                        and {arn, f"{arn}/*"} <= resources
+                    ):
                         covered = True
             if not covered:
                 missing.append(f"{stack_name}: aws_s3_bucket.{bucket}")
@@ -490,41 +552,100 @@ def _fake_stacks() -> dict[str, dict]:
         "consumer": {
             "data": {
                 "aws_iam_policy_document": {
-                    "base": {"statement": [{"sid": "Logs", "actions": ["logs:PutLogEvents"],
-                                            "resources": ["${aws_cloudwatch_log_group.lg.arn}:*"]}]},
+                    "base": {
+                        "statement": [
+                            {
+                                "sid": "Logs",
+                                "actions": ["logs:PutLogEvents"],
+                                "resources": ["${aws_cloudwatch_log_group.lg.arn}:*"],
+                            }
+                        ]
+                    },
                     "worker": {
                         "source_policy_documents": [doc % "base"],
                         "statement": [
-                            {"sid": "Queue", "effect": "Allow", "actions": ["sqs:ReceiveMessage", "sqs:DeleteMessage"],
-                             "resources": ["${data.terraform_remote_state.producer.outputs."
-                                           "cross-stack-output-aws_sqs_queuejobsarn}"]},
-                            {"sid": "Models", "actions": ["s3:GetObject"],
-                             "resources": ["${aws_s3_bucket.models.arn}/models/*"],
-                             "condition": [{"test": "StringEquals", "variable": "aws:ResourceAccount",
-                                            "values": ["${data.aws_caller_identity.current.account_id}"]}]},
+                            {
+                                "sid": "Queue",
+                                "effect": "Allow",
+                                "actions": ["sqs:ReceiveMessage", "sqs:DeleteMessage"],
+                                "resources": [
+                                    "${data.terraform_remote_state.producer.outputs."
+                                    "cross-stack-output-aws_sqs_queuejobsarn}"
+                                ],
+                            },
+                            {
+                                "sid": "Models",
+                                "actions": ["s3:GetObject"],
+                                "resources": ["${aws_s3_bucket.models.arn}/models/*"],
+                                "condition": [
+                                    {
+                                        "test": "StringEquals",
+                                        "variable": "aws:ResourceAccount",
+                                        "values": ["${data.aws_caller_identity.current.account_id}"],
+                                    }
+                                ],
+                            },
                         ],
                     },
-                    "trust": {"statement": [{"actions": ["sts:AssumeRole", "sts:TagSession"],
-                                             "principals": [{"type": "Service",
-                                                             "identifiers": ["pods.eks.amazonaws.com"]}]}]},
+                    "trust": {
+                        "statement": [
+                            {
+                                "actions": ["sts:AssumeRole", "sts:TagSession"],
+                                "principals": [{"type": "Service", "identifiers": ["pods.eks.amazonaws.com"]}],
+                            }
+                        ]
+                    },
                 },
             },
             "resource": {
-                "aws_iam_role": {"worker": {
-                    "assume_role_policy": doc % "trust",
-                    "inline_policy": [{"name": "x", "policy": json.dumps({"Version": "2012-10-17", "Statement": [
-                        {"Effect": "Allow", "Action": "ssm:GetParameter",
-                         "Resource": "arn:aws:ssm:${data.aws_region.current.name}:"
-                                     "${data.aws_caller_identity.current.account_id}:parameter/comfyui/*"}]})}],
-                }},
+                "aws_iam_role": {
+                    "worker": {
+                        "assume_role_policy": doc % "trust",
+                        "inline_policy": [
+                            {
+                                "name": "x",
+                                "policy": json.dumps(
+                                    {
+                                        "Version": "2012-10-17",
+                                        "Statement": [
+                                            {
+                                                "Effect": "Allow",
+                                                "Action": "ssm:GetParameter",
+                                                "Resource": "arn:aws:ssm:${data.aws_region.current.name}:"
+                                                "${data.aws_caller_identity.current.account_id}:parameter/comfyui/*",
+                                            }
+                                        ],
+                                    }
+                                ),
+                            }
+                        ],
+                    }
+                },
                 "aws_iam_role_policy": {"worker": {"role": "${aws_iam_role.worker.name}", "policy": doc % "worker"}},
-                "aws_iam_policy": {"odd": {"policy": "${jsonencode({Version = \"2012-10-17\"})}"}},
-                "aws_sqs_queue_policy": {"q": {"policy": json.dumps({"Statement": [
-                    {"Effect": "Allow", "Principal": {"Service": "events.amazonaws.com"}, "Action": "sqs:SendMessage",
-                     "Resource": "${aws_mq_broker.b.arn}"}]})}},
+                "aws_iam_policy": {"odd": {"policy": '${jsonencode({Version = "2012-10-17"})}'}},
+                "aws_sqs_queue_policy": {
+                    "q": {
+                        "policy": json.dumps(
+                            {
+                                "Statement": [
+                                    {
+                                        "Effect": "Allow",
+                                        "Principal": {"Service": "events.amazonaws.com"},
+                                        "Action": "sqs:SendMessage",
+                                        "Resource": "${aws_mq_broker.b.arn}",
+                                    }
+                                ]
+                            }
+                        )
+                    }
+                },
             },
-            "module": {"karpenter": {"source": "x", "iam_policy_statements": [
-                {"sid": "Extra", "actions": ["ec2:DescribeImages"], "resources": ["*"]}]}},
+            "module": {
+                "karpenter": {
+                    "source": "x",
+                    "iam_policy_statements": [{"sid": "Extra", "actions": ["ec2:DescribeImages"], "resources": ["*"]}],
+                }
+            },
         },
     }
 
@@ -535,13 +656,25 @@ def test_extractor_converts_resolves_and_reports():
     assert worker.kind == "identity" and worker.used_by == ["aws_iam_role_policy.worker.policy"]
     assert worker.raw["Statement"][0]["Sid"] == "Logs"  # merged from source_policy_documents
     assert worker.document["Statement"] == [
-        {"Sid": "Logs", "Effect": "Allow", "Action": "logs:PutLogEvents",
-         "Resource": ARN_BY_RESOURCE_TYPE["aws_cloudwatch_log_group"] + ":*"},
-        {"Sid": "Queue", "Effect": "Allow", "Action": ["sqs:ReceiveMessage", "sqs:DeleteMessage"],
-         "Resource": ARN_BY_RESOURCE_TYPE["aws_sqs_queue"]},
-        {"Sid": "Models", "Effect": "Allow", "Action": "s3:GetObject",
-         "Resource": "arn:aws:s3:::placeholder-bucket/models/*",
-         "Condition": {"StringEquals": {"aws:ResourceAccount": ACCOUNT}}},
+        {
+            "Sid": "Logs",
+            "Effect": "Allow",
+            "Action": "logs:PutLogEvents",
+            "Resource": ARN_BY_RESOURCE_TYPE["aws_cloudwatch_log_group"] + ":*",
+        },
+        {
+            "Sid": "Queue",
+            "Effect": "Allow",
+            "Action": ["sqs:ReceiveMessage", "sqs:DeleteMessage"],
+            "Resource": ARN_BY_RESOURCE_TYPE["aws_sqs_queue"],
+        },
+        {
+            "Sid": "Models",
+            "Effect": "Allow",
+            "Action": "s3:GetObject",
+            "Resource": "arn:aws:s3:::placeholder-bucket/models/*",
+            "Condition": {"StringEquals": {"aws:ResourceAccount": ACCOUNT}},
+        },
     ]
     assert worker.problems == [] and run_parliament(worker) == []
     trust = policies["data.aws_iam_policy_document.trust"]
@@ -559,11 +692,19 @@ def test_extractor_converts_resolves_and_reports():
 
 def test_split_send_command_statements_are_tolerated_only_when_the_document_is_granted():
     entries = load_known_false_positives()
-    instances = {"Sid": "Nodes", "Effect": "Allow", "Action": "ssm:SendCommand",
-                 "Resource": "arn:aws:ec2:us-west-2:111122223333:instance/*",
-                 "Condition": {"StringEquals": {"ssm:resourceTag/comfyui.io/cluster": "comfyui"}}}
-    document = {"Sid": "Doc", "Effect": "Allow", "Action": "ssm:SendCommand",
-                "Resource": "arn:aws:ssm:us-west-2:111122223333:document/comfyui-model-sync"}
+    instances = {
+        "Sid": "Nodes",
+        "Effect": "Allow",
+        "Action": "ssm:SendCommand",
+        "Resource": "arn:aws:ec2:us-west-2:111122223333:instance/*",
+        "Condition": {"StringEquals": {"ssm:resourceTag/comfyui.io/cluster": "comfyui"}},
+    }
+    document = {
+        "Sid": "Doc",
+        "Effect": "Allow",
+        "Action": "ssm:SendCommand",
+        "Resource": "arn:aws:ssm:us-west-2:111122223333:document/comfyui-model-sync",
+    }
     split = run_parliament(_policy([document, instances]))
     assert [f.issue for f in split] == ["RESOURCE_MISMATCH"] and split[0].granted_elsewhere
     assert is_known_false_positive(split[0], entries)

@@ -280,7 +280,8 @@ def test_no_healthy_pod_fails_with_one_clear_line(fake: FakeComfyUI, capsys: pyt
     result = run(capsys, SDXL, "--url", fake.url)
     assert result.code == 1
     assert result.err.splitlines()[-1] == (
-        "comfyui-eks invoke: the load balancer answered 502 Bad Gateway: no healthy ComfyUI pod? (GET /queue, 4 attempts)"
+        "comfyui-eks invoke: the load balancer answered 502 Bad Gateway: no healthy ComfyUI pod? "
+        "(GET /queue, 4 attempts)"
     )
 
 

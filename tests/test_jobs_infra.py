@@ -17,10 +17,17 @@ def _one(synth, rtype: str) -> dict:
 def test_every_route_requires_sigv4(synth_variants):
     for synth in synth_variants.values():
         routes = synth.resources("platform", "aws_apigatewayv2_route").values()
-        assert sorted(r["route_key"] for r in routes) == ["DELETE /jobs/{id}", "GET /jobs", "GET /jobs/{id}", "POST /jobs"]
+        assert sorted(r["route_key"] for r in routes) == [
+            "DELETE /jobs/{id}",
+            "GET /jobs",
+            "GET /jobs/{id}",
+            "POST /jobs",
+        ]
         assert all(r["authorization_type"] == "AWS_IAM" for r in routes)
         stage = _one(synth, "aws_apigatewayv2_stage")
-        assert stage["name"] == "$default" and stage["access_log_settings"]["destination_arn"].startswith("${aws_cloudwatch_log_group.")
+        assert stage["name"] == "$default" and stage["access_log_settings"]["destination_arn"].startswith(
+            "${aws_cloudwatch_log_group."
+        )
 
 
 def test_functions_read_the_contracts_names(synth):
@@ -46,7 +53,11 @@ def test_table_schema_follows_the_contract(synth_variants):
         table = _one(synth, "aws_dynamodb_table")
         assert table["hash_key"] == contract.JOB_ID
         (index,) = table["global_secondary_index"]
-        assert (index["name"], index["hash_key"], index["range_key"]) == (contract.STATUS_INDEX, contract.STATUS, contract.CREATED_AT)
+        assert (index["name"], index["hash_key"], index["range_key"]) == (
+            contract.STATUS_INDEX,
+            contract.STATUS,
+            contract.CREATED_AT,
+        )
         assert table["ttl"] == {"attribute_name": contract.EXPIRES_AT, "enabled": True}
         assert table["stream_view_type"] == "NEW_AND_OLD_IMAGES"
         assert table["server_side_encryption"]["kms_key_arn"].startswith("${aws_kms_key.")
@@ -57,7 +68,9 @@ def test_table_schema_follows_the_contract(synth_variants):
 
 
 def test_webhooks_fire_only_on_transitions_into_a_terminal_status(synth):
-    mapping = next(m for m in synth.resources("platform", "aws_lambda_event_source_mapping").values() if "filter_criteria" in m)
+    mapping = next(
+        m for m in synth.resources("platform", "aws_lambda_event_source_mapping").values() if "filter_criteria" in m
+    )
     (pattern,) = [json.loads(f["pattern"]) for f in mapping["filter_criteria"]["filter"]]
     assert pattern["dynamodb"]["NewImage"][contract.STATUS]["S"] == list(contract.TERMINAL)
     assert pattern["dynamodb"]["OldImage"][contract.STATUS]["S"] == [{"anything-but": list(contract.TERMINAL)}]
@@ -70,13 +83,24 @@ def test_caller_policy_grants_the_routes_and_nothing_else(synth):
     (statement,) = caller["statement"]
     assert statement["actions"] == ["execute-api:Invoke"]
     assert sorted(r.split("}", 1)[1] for r in statement["resources"]) == [
-        "/$default/DELETE/jobs/*", "/$default/GET/jobs", "/$default/GET/jobs/*", "/$default/POST/jobs",
+        "/$default/DELETE/jobs/*",
+        "/$default/GET/jobs",
+        "/$default/GET/jobs/*",
+        "/$default/POST/jobs",
     ]
 
 
 def test_job_inputs_expire_with_their_records(synth):
     inputs = synth.config.inputs_bucket
-    buckets = {f"${{aws_s3_bucket.{k}.id}}": b["bucket"] for k, b in synth.resources("platform", "aws_s3_bucket").items()}
-    lifecycle = next(l for l in synth.resources("platform", "aws_s3_bucket_lifecycle_configuration").values() if buckets[l["bucket"]] == inputs)
+    buckets = {
+        f"${{aws_s3_bucket.{k}.id}}": b["bucket"] for k, b in synth.resources("platform", "aws_s3_bucket").items()
+    }
+    lifecycle = next(
+        config
+        for config in synth.resources("platform", "aws_s3_bucket_lifecycle_configuration").values()
+        if buckets[config["bucket"]] == inputs
+    )
     rule = next(r for r in lifecycle["rule"] if r["id"] == "expire-jobs")
-    assert rule["filter"][0]["prefix"] == "jobs/" and rule["expiration"][0]["days"] == synth.config.jobs.retention_days + 1
+    assert (
+        rule["filter"][0]["prefix"] == "jobs/" and rule["expiration"][0]["days"] == synth.config.jobs.retention_days + 1
+    )

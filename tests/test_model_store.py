@@ -13,7 +13,7 @@ from modules import comfyui
 from modules.model_sync import MAX_RECEIVE_COUNT, node_sync_commands, ssm_document_content
 from modules.s3_volumes import s3_volume, volume_manifests
 from tests.helpers import go_duration_seconds
-from tests.k8s import resolve_tokens, k8s_version, validate_strict
+from tests.k8s import k8s_version, resolve_tokens, validate_strict
 
 
 def _model_sync(synth, rtype: str) -> dict:
@@ -41,11 +41,23 @@ def test_buckets_named_from_project_account_region(synth):
 
 
 def test_models_versioned_outputs_expire(synth):
-    models = next(k for k, b in synth.resources("platform", "aws_s3_bucket").items() if b["bucket"] == synth.config.models_bucket)
-    versioning = [v for v in synth.resources("platform", "aws_s3_bucket_versioning").values() if v["bucket"] == f"${{aws_s3_bucket.{models}.id}}"]
+    models = next(
+        k for k, b in synth.resources("platform", "aws_s3_bucket").items() if b["bucket"] == synth.config.models_bucket
+    )
+    versioning = [
+        v
+        for v in synth.resources("platform", "aws_s3_bucket_versioning").values()
+        if v["bucket"] == f"${{aws_s3_bucket.{models}.id}}"
+    ]
     assert versioning and versioning[0]["versioning_configuration"]["status"] == "Enabled"
-    outputs = next(k for k, b in synth.resources("platform", "aws_s3_bucket").items() if b["bucket"] == synth.config.outputs_bucket)
-    lifecycle = next(v for v in synth.resources("platform", "aws_s3_bucket_lifecycle_configuration").values() if v["bucket"] == f"${{aws_s3_bucket.{outputs}.id}}")
+    outputs = next(
+        k for k, b in synth.resources("platform", "aws_s3_bucket").items() if b["bucket"] == synth.config.outputs_bucket
+    )
+    lifecycle = next(
+        v
+        for v in synth.resources("platform", "aws_s3_bucket_lifecycle_configuration").values()
+        if v["bucket"] == f"${{aws_s3_bucket.{outputs}.id}}"
+    )
     expire = [r for r in lifecycle["rule"] if r["id"] == "expire-objects"]
     assert expire[0]["expiration"] == [{"days": synth.config.buckets.outputs_expiration_days}]
 
@@ -63,7 +75,9 @@ def test_queue_batching_dlq_and_encryption(synth):
     main = next(q for q in queues.values() if q["name"] == f"{synth.config.project}-model-sync")
     dlq = next(q for q in queues.values() if q["name"].endswith("-dlq"))
     redrive = json.loads(main["redrive_policy"])
-    assert redrive["maxReceiveCount"] == MAX_RECEIVE_COUNT and redrive["deadLetterTargetArn"].startswith("${aws_sqs_queue.")
+    assert redrive["maxReceiveCount"] == MAX_RECEIVE_COUNT and redrive["deadLetterTargetArn"].startswith(
+        "${aws_sqs_queue."
+    )
     for q in (main, dlq):
         assert q["kms_master_key_id"].startswith("${aws_kms_key.")
     mapping = _model_sync(synth, "aws_lambda_event_source_mapping")
@@ -108,16 +122,31 @@ def test_lambda_least_privilege(synth):
     doc = _doc(synth, "platform", role_policy["policy"])
     by_sid = {s["sid"]: s for s in doc["statement"]}
     actions = sorted(a for s in doc["statement"] for a in s["actions"])
-    assert actions == sorted([
-        "logs:CreateLogStream", "logs:PutLogEvents", "sqs:ReceiveMessage", "sqs:DeleteMessage",
-        "sqs:GetQueueAttributes", "kms:Decrypt", "ec2:DescribeInstances", "ssm:SendCommand", "ssm:SendCommand",
-    ])
+    assert actions == sorted(
+        [
+            "logs:CreateLogStream",
+            "logs:PutLogEvents",
+            "sqs:ReceiveMessage",
+            "sqs:DeleteMessage",
+            "sqs:GetQueueAttributes",
+            "kms:Decrypt",
+            "ec2:DescribeInstances",
+            "ssm:SendCommand",
+            "ssm:SendCommand",
+        ]
+    )
     c = synth.config
-    assert by_sid["SendSyncDocument"]["resources"] == [f"arn:aws:ssm:{c.region}:{c.account_id}:document/{c.project}-model-sync"]
+    assert by_sid["SendSyncDocument"]["resources"] == [
+        f"arn:aws:ssm:{c.region}:{c.account_id}:document/{c.project}-model-sync"
+    ]
     instances = by_sid["SendToThisClustersNodes"]
     assert instances["resources"] == [f"arn:aws:ec2:{c.region}:{c.account_id}:instance/*"]
     assert instances["condition"] == [
-        {"test": "StringEquals", "variable": f"ssm:resourceTag/{names.NODE_CLUSTER_TAG_KEY}", "values": [c.cluster_name]}
+        {
+            "test": "StringEquals",
+            "variable": f"ssm:resourceTag/{names.NODE_CLUSTER_TAG_KEY}",
+            "values": [c.cluster_name],
+        }
     ]
     assert by_sid["FindGpuNodes"]["resources"] == ["*"]  # DescribeInstances supports no resource ARNs
 
@@ -134,10 +163,17 @@ def test_queue_accepts_only_the_models_bucket(synth):
 def test_node_and_csi_access_is_scoped(synth):
     docs = synth.stack("platform")["data"]["aws_iam_policy_document"]
     read = next(d for k, d in docs.items() if k.startswith("models_read_document"))
-    assert sorted(a for s in read["statement"] for a in s["actions"]) == ["kms:Decrypt", "s3:GetObject", "s3:ListBucket"]
+    assert sorted(a for s in read["statement"] for a in s["actions"]) == [
+        "kms:Decrypt",
+        "s3:GetObject",
+        "s3:ListBucket",
+    ]
     csi = next(d for k, d in docs.items() if k.startswith("s3_csi_driver_document"))
     assert "s3:*" not in [a for s in csi["statement"] for a in s["actions"]]
-    assocs = {(a["namespace"], a["service_account"]) for a in synth.resources("platform", "aws_eks_pod_identity_association").values()}
+    assocs = {
+        (a["namespace"], a["service_account"])
+        for a in synth.resources("platform", "aws_eks_pod_identity_association").values()
+    }
     assert ("kube-system", "s3-csi-driver-sa") in assocs
 
 
@@ -149,7 +185,11 @@ def test_csi_volumes_valid_and_mounted_for_comfyui(synth):
         validate_strict(m, k8s_version(c))
         if m["kind"] == "PersistentVolume":
             opts = m["spec"]["mountOptions"]
-            assert f"region {c.region}" in opts and f"uid={names.COMFYUI_UID}" in opts and f"gid={names.COMFYUI_GID}" in opts
+            assert (
+                f"region {c.region}" in opts
+                and f"uid={names.COMFYUI_UID}" in opts
+                and f"gid={names.COMFYUI_GID}" in opts
+            )
             assert "allow-delete" in opts
             # Both are written: a read-only mount would make every upload fail (EROFS).
             assert "read-only" not in opts and m["spec"]["accessModes"] == ["ReadWriteMany"]
@@ -183,14 +223,24 @@ def test_volume_and_namespace_deletion_outlasts_comfyui_pods(synth):
     """On destroy the PVCs and the namespace exist until ComfyUI's pods have stopped (up to
     their grace period); the provider's default 10-minute wait would fail the destroy."""
     manifests = synth.resources("workload", "kubernetes_manifest")
-    waiting = {k: m for k, m in manifests.items() if m["manifest"]["kind"] in {"Namespace", "PersistentVolumeClaim", "PersistentVolume"}}
-    assert {m["manifest"]["kind"] for m in waiting.values()} == {"Namespace", "PersistentVolumeClaim", "PersistentVolume"}
+    waiting = {
+        k: m
+        for k, m in manifests.items()
+        if m["manifest"]["kind"] in {"Namespace", "PersistentVolumeClaim", "PersistentVolume"}
+    }
+    assert {m["manifest"]["kind"] for m in waiting.values()} == {
+        "Namespace",
+        "PersistentVolumeClaim",
+        "PersistentVolume",
+    }
     for key, m in waiting.items():
         assert go_duration_seconds(m["timeouts"]["delete"]) > comfyui.TERMINATION_GRACE_SECONDS, key
 
 
 def test_csi_chart_tolerates_gpu_taint(synth):
-    release = next(r for r in synth.resources("workload", "helm_release").values() if r["name"] == "aws-mountpoint-s3-csi-driver")
+    release = next(
+        r for r in synth.resources("workload", "helm_release").values() if r["name"] == "aws-mountpoint-s3-csi-driver"
+    )
     values = yaml.safe_load(release["values"][0])
     assert values["node"]["tolerateAllTaints"] is True
     assert values["node"]["serviceAccount"]["name"] == "s3-csi-driver-sa"

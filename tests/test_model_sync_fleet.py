@@ -38,7 +38,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from core import names
+from core import names, rules
 from lambda_src.model_sync import handler
 from tests.helpers import REPO, require
 from tests.test_gpu_node_scripts import node_cli_env
@@ -138,6 +138,7 @@ class Node:
             "CACHE_SKIPPED_PATH": str(self.root / ".models-cache-skipped"),
             "SYNC_REQUEST_FLAG": str(self.flag),
             "MODEL_PREFIXES": " ".join(PREFIXES),  # space-separated for the script
+            "MODEL_PREFIX_PATTERN": rules.MODEL_PREFIX_ERE,  # as the user-data renders it
             **self.extra_env,
         }
 
@@ -209,7 +210,9 @@ class Fleet:
         self.document = f"{self.cluster}-model-sync"
         self.root = root / suffix
         self.cli_env = cli_env
-        session = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION)
+        session = boto3.session.Session(
+            aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION
+        )
         self.s3 = session.client("s3", endpoint_url=endpoint)
         self.sqs = session.client("sqs", endpoint_url=endpoint)
         self.ec2 = session.client("ec2", endpoint_url=endpoint)
@@ -219,15 +222,39 @@ class Fleet:
 
         self.queue_url = self.sqs.create_queue(QueueName=f"{self.cluster}-model-events")["QueueUrl"]
         self.queue_arn = self.sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["QueueArn"])[
-            "Attributes"]["QueueArn"]
+            "Attributes"
+        ]["QueueArn"]
         self.s3.create_bucket(Bucket=self.bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
-        self.s3.put_bucket_notification_configuration(Bucket=self.bucket, NotificationConfiguration={
-            "QueueConfigurations": [{"QueueArn": self.queue_arn, "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]}]})
-        self.ssm.create_document(Name=self.document, DocumentType="Command", Content=json.dumps({
-            "schemaVersion": "2.2", "description": "model sync request", "mainSteps": [{
-                "action": "aws:runShellScript", "name": "request",
-                "inputs": {"runCommand": [f"touch {names.SYNC_REQUEST_FLAG}",
-                                          f"systemctl start --no-block {names.SYNC_SERVICE_NAME}"]}}]}))
+        self.s3.put_bucket_notification_configuration(
+            Bucket=self.bucket,
+            NotificationConfiguration={
+                "QueueConfigurations": [
+                    {"QueueArn": self.queue_arn, "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]}
+                ]
+            },
+        )
+        self.ssm.create_document(
+            Name=self.document,
+            DocumentType="Command",
+            Content=json.dumps(
+                {
+                    "schemaVersion": "2.2",
+                    "description": "model sync request",
+                    "mainSteps": [
+                        {
+                            "action": "aws:runShellScript",
+                            "name": "request",
+                            "inputs": {
+                                "runCommand": [
+                                    f"touch {names.SYNC_REQUEST_FLAG}",
+                                    f"systemctl start --no-block {names.SYNC_SERVICE_NAME}",
+                                ]
+                            },
+                        }
+                    ],
+                }
+            ),
+        )
         for key, value in {
             names.ENV_CLUSTER_NAME: self.cluster,
             names.ENV_MODELS_BUCKET: self.bucket,
@@ -243,11 +270,17 @@ class Fleet:
     def launch(self, *, cluster: str | None = None, boot: bool = True, gate: Path | None = None) -> Node:
         """A GPU node joins (Karpenter tags); at boot its sync service starts once. With
         `gate`, its aws CLI pauses after the first prefix's sync (see GATED_AWS)."""
-        tags = [{"Key": names.NODE_CLUSTER_TAG_KEY, "Value": cluster or self.cluster},
-                {"Key": names.NODE_ROLE_TAG_KEY, "Value": names.NODE_ROLE_GPU}]
+        tags = [
+            {"Key": names.NODE_CLUSTER_TAG_KEY, "Value": cluster or self.cluster},
+            {"Key": names.NODE_ROLE_TAG_KEY, "Value": names.NODE_ROLE_GPU},
+        ]
         instance = self.ec2.run_instances(
-            ImageId="ami-12345678", MinCount=1, MaxCount=1, InstanceType="g6e.xlarge",
-            TagSpecifications=[{"ResourceType": "instance", "Tags": tags}])["Instances"][0]["InstanceId"]
+            ImageId="ami-12345678",
+            MinCount=1,
+            MaxCount=1,
+            InstanceType="g6e.xlarge",
+            TagSpecifications=[{"ResourceType": "instance", "Tags": tags}],
+        )["Instances"][0]["InstanceId"]
         node = Node(instance, self.root / instance, self.cli_env, self.bucket)
         node.root.mkdir(parents=True)
         if gate is not None:
@@ -257,7 +290,11 @@ class Fleet:
             (bin_dir / "aws").chmod(0o755)
             real_aws = shutil.which("aws", path=self.cli_env["PATH"])
             assert real_aws, "aws CLI not on PATH"
-            node.extra_env = {"PATH": f"{bin_dir}{os.pathsep}{self.cli_env['PATH']}", "REAL_AWS": real_aws, "GATE": str(gate)}
+            node.extra_env = {
+                "PATH": f"{bin_dir}{os.pathsep}{self.cli_env['PATH']}",
+                "REAL_AWS": real_aws,
+                "GATE": str(gate),
+            }
         if cluster is None:
             self.nodes[instance] = node
         if boot:
@@ -290,15 +327,30 @@ class Fleet:
         messages = []
         while batch := self.sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10).get("Messages"):
             messages.extend(batch)
-        event = {"Records": [
-            {"messageId": m["MessageId"], "receiptHandle": m["ReceiptHandle"], "body": m["Body"],
-             "attributes": {}, "messageAttributes": {}, "md5OfBody": m["MD5OfBody"],
-             "eventSource": "aws:sqs", "eventSourceARN": self.queue_arn, "awsRegion": REGION}
-            for m in messages]}
+        event = {
+            "Records": [
+                {
+                    "messageId": m["MessageId"],
+                    "receiptHandle": m["ReceiptHandle"],
+                    "body": m["Body"],
+                    "attributes": {},
+                    "messageAttributes": {},
+                    "md5OfBody": m["MD5OfBody"],
+                    "eventSource": "aws:sqs",
+                    "eventSourceARN": self.queue_arn,
+                    "awsRegion": REGION,
+                }
+                for m in messages
+            ]
+        }
         summary = handler.handler(event, None)
         for i in range(0, len(messages), 10):  # the event source mapping deletes a successful batch
-            self.sqs.delete_message_batch(QueueUrl=self.queue_url, Entries=[
-                {"Id": str(j), "ReceiptHandle": m["ReceiptHandle"]} for j, m in enumerate(messages[i:i + 10])])
+            self.sqs.delete_message_batch(
+                QueueUrl=self.queue_url,
+                Entries=[
+                    {"Id": str(j), "ReceiptHandle": m["ReceiptHandle"]} for j, m in enumerate(messages[i : i + 10])
+                ],
+            )
         targets: list[str] = []
         if summary["command_id"]:
             self.commands.append(summary["command_id"])
@@ -366,21 +418,29 @@ initial_states = st.dictionaries(st.sampled_from(ALL_KEYS), st.integers(min_valu
 # and round: 4-8 s per example on 2 busy cores); the file's budget allows 4 generated
 # examples plus the explicit one. When changing the sync script, run more:
 # MODEL_SYNC_FLEET_EXAMPLES=50 pytest tests/test_model_sync_fleet.py
-@settings(max_examples=int(os.environ.get("MODEL_SYNC_FLEET_EXAMPLES", "4")), deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=int(os.environ.get("MODEL_SYNC_FLEET_EXAMPLES", "4")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @example(
     initial={"checkpoints/sd15.safetensors": 1000, "loras/a.bin": 10, "notes/readme.txt": 5, "loras/deep": 20},
     batches=[
-        [("replace-same-size", "checkpoints/sd15.safetensors", 0), ("delete", "loras/a.bin", 0),
-         ("put", "notes/readme.txt", 7)],
+        [
+            ("replace-same-size", "checkpoints/sd15.safetensors", 0),
+            ("delete", "loras/a.bin", 0),
+            ("put", "notes/readme.txt", 7),
+        ],
         # loras/deep becomes a folder too: the file is skipped; then the folder goes again.
-        [("put", "loras/deep/ünï-cøde.bin", 0), ("put", "checkpoints/sub dir/v2 100%.ckpt", 10),
-         ("replace-same-size", "checkpoints/sd15.safetensors", 0)],
+        [
+            ("put", "loras/deep/ünï-cøde.bin", 0),
+            ("put", "checkpoints/sub dir/v2 100%.ckpt", 10),
+            ("replace-same-size", "checkpoints/sd15.safetensors", 0),
+        ],
         [("delete", "loras/deep/ünï-cøde.bin", 0)],
     ],
 )
-@given(initial=initial_states,
-       batches=st.lists(st.lists(operations, min_size=1, max_size=5), min_size=1, max_size=2))
+@given(initial=initial_states, batches=st.lists(st.lists(operations, min_size=1, max_size=5), min_size=1, max_size=2))
 def test_random_updates_converge_on_every_node(fleet_factory, initial, batches):
     fleet = fleet_factory()
     state: dict[str, bytes] = {}
@@ -422,6 +482,7 @@ def test_random_updates_converge_on_every_node(fleet_factory, initial, batches):
 
 # --- targeted scenarios --------------------------------------------------------------
 
+
 def test_node_booting_during_an_update_converges(fleet_factory):
     fleet = fleet_factory()
     fleet.put("checkpoints/base.safetensors", blob("base", 2000, 0))
@@ -459,7 +520,7 @@ def test_node_that_missed_a_command_converges_on_reconcile(fleet_factory):
     fleet = fleet_factory()
     fleet.put("checkpoints/a.safetensors", blob("a", 1000, 0))
     fleet.put("loras/b.bin", blob("b", 800, 0))
-    online = fleet.launch()
+    _online = fleet.launch()
     offline = fleet.launch()
     fleet.settle()
     fleet.invoke_lambda()

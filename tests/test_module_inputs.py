@@ -88,10 +88,7 @@ def constraint_allows(constraint: str, version: str) -> bool:
         c = _padded(bound)
         if op == "~>":
             # ~> 6.23 allows >= 6.23, < 7.0; ~> 6.23.1 allows >= 6.23.1, < 6.24.0
-            if len(bound) == 1:
-                upper = (bound[0] + 1, 0, 0)
-            else:
-                upper = _padded(bound[:-2] + (bound[-2] + 1,))
+            upper = (bound[0] + 1, 0, 0) if len(bound) == 1 else _padded(bound[:-2] + (bound[-2] + 1,))
             ok = c <= v < upper
         else:
             ok = {
@@ -148,7 +145,7 @@ def test_interfaces_are_committed():
     assert {"eks-v21.11.0.json", "eks-karpenter-v21.11.0.json", "vpc-v6.5.1.json"} <= names
     assert (INTERFACE_DIR / "LICENSE").is_file(), "the modules' Apache-2.0 licence must accompany the copies"
     assert (INTERFACE_DIR / "README.md").is_file()
-    for (source, version), data in INTERFACES.items():
+    for (_source, version), data in INTERFACES.items():
         assert set(data) >= {"source", "version", "required_aws", "variables", "outputs"}, data["file"]
         assert _is_exact_pin(version), data["file"]
         for name, var in data["variables"].items():
@@ -250,7 +247,7 @@ def test_parse_hcl_literals_in_defaults():
         'object({a = optional(string, "x\\"y\\\\z ${var.q} } \\u00e9"), b = optional(number, -1.5e3), '
         "c = optional(bool, true), d = optional(string, null), e = optional(list(number), [1, 2, 3]), "
         'f = optional(map(any), {k = "v", "q r" = [true, null], n: {}})\n'
-        "g = optional(list(string), [\"a,b\", \"]\"]), \"h\" = string})"
+        'g = optional(list(string), ["a,b", "]"]), "h" = string})'
     )
     a = t.attributes
     assert a["a"].default == 'x"y\\z ${var.q} } é'
@@ -266,8 +263,17 @@ def test_parse_hcl_literals_in_defaults():
 
 @pytest.mark.parametrize(
     "bad",
-    ["strin", "list(string", "object({a = string", "object({a string})", "map(string) x", "optional(string)",
-     'object({a = optional(string, "unterminated)})', "object({a = string, a = number})", "tuple(string)"],
+    [
+        "strin",
+        "list(string",
+        "object({a = string",
+        "object({a string})",
+        "map(string) x",
+        "optional(string)",
+        'object({a = optional(string, "unterminated)})',
+        "object({a = string, a = number})",
+        "tuple(string)",
+    ],
 )
 def test_parse_rejects_malformed(bad):
     with pytest.raises(TypeSyntaxError):
@@ -281,7 +287,7 @@ def test_interpolation_helpers():
     assert not is_single_interpolation("x${a}")
     assert is_template("arn:${a}:x") and is_template("%{ if x }y%{ endif }")
     assert not is_template("$${not.an.interpolation}") and not is_template("plain")
-    assert interpolations("a${module.m.o}b$${x}${f(\"}\")}") == ["module.m.o", 'f("}")']
+    assert interpolations('a${module.m.o}b$${x}${f("}")}') == ["module.m.o", 'f("}")']
 
 
 # --- the checker -----------------------------------------------------------------------------

@@ -4,9 +4,8 @@ are errors); KEDA reads the queue with its own Pod Identity, scoped to that queu
 
 from __future__ import annotations
 
-import yaml
-
 import pytest
+import yaml
 
 from core import names
 from modules import scaling
@@ -50,7 +49,9 @@ def test_scaled_object_is_valid_for_every_variant(synth_variants, validator):
 
 
 def test_the_deployment_leaves_its_replica_count_to_keda(synth):
-    deployment = next(r for r in synth.resources("workload", "kubernetes_manifest").values() if r["manifest"]["kind"] == "Deployment")
+    deployment = next(
+        r for r in synth.resources("workload", "kubernetes_manifest").values() if r["manifest"]["kind"] == "Deployment"
+    )
     assert "replicas" not in deployment["manifest"]["spec"]
 
 
@@ -64,16 +65,29 @@ def test_unknown_fields_are_errors(validator):
 @pytest.mark.parametrize(
     ("schedule", "start", "end"),
     [
-        ({"days": ["mon", "tue", "wed", "thu", "fri"], "start": "09:00", "end": "17:00"}, "0 9 * * 1,2,3,4,5", "0 17 * * 1,2,3,4,5"),
-        ({"days": ["sat", "sun"], "start": "07:30", "end": "23:45", "timezone": "Europe/Berlin"}, "30 7 * * 6,0", "45 23 * * 6,0"),
+        (
+            {"days": ["mon", "tue", "wed", "thu", "fri"], "start": "09:00", "end": "17:00"},
+            "0 9 * * 1,2,3,4,5",
+            "0 17 * * 1,2,3,4,5",
+        ),
+        (
+            {"days": ["sat", "sun"], "start": "07:30", "end": "23:45", "timezone": "Europe/Berlin"},
+            "30 7 * * 6,0",
+            "45 23 * * 6,0",
+        ),
     ],
 )
 def test_working_hours_become_cron_triggers(schedule, start, end, validator):
     config = _config(scaling={"schedule": {**schedule, "warm_replicas": 2}})
-    scaled = scaling.scaled_object(scaling=config.scaling, queue_url="https://q", region="us-west-2", deployment="comfyui")
+    scaled = scaling.scaled_object(
+        scaling=config.scaling, queue_url="https://q", region="us-west-2", deployment="comfyui"
+    )
     (cron,) = [t for t in scaled["spec"]["triggers"] if t["type"] == "cron"]
     assert cron["metadata"] == {
-        "timezone": config.scaling.schedule.timezone, "start": start, "end": end, "desiredReplicas": "2",
+        "timezone": config.scaling.schedule.timezone,
+        "start": start,
+        "end": end,
+        "desiredReplicas": "2",
     }
     assert errors(validator, scaled) == []
 
@@ -85,7 +99,10 @@ def test_keda_reads_only_the_job_queue(synth):
     assert statement["actions"] == ["sqs:GetQueueAttributes"]
     (queue,) = statement["resources"]
     assert queue.startswith("${aws_sqs_queue.job_store_queue_") and queue.endswith(".arn}")
-    associations = {(a["namespace"], a["service_account"]) for a in synth.resources("platform", "aws_eks_pod_identity_association").values()}
+    associations = {
+        (a["namespace"], a["service_account"])
+        for a in synth.resources("platform", "aws_eks_pod_identity_association").values()
+    }
     assert (names.KEDA_NAMESPACE, names.KEDA_OPERATOR_SERVICE_ACCOUNT) in associations
     release = next(r for r in synth.resources("workload", "helm_release").values() if r["name"] == "keda")
     assert release["namespace"] == names.KEDA_NAMESPACE and release["version"] == scaling.KEDA_CHART_VERSION

@@ -32,7 +32,8 @@ from tests.helpers import REPO
 
 STACK_CYCLES = ("state", "platform", "workload", "edge")
 _BUNDLE = re.compile(
-    r"base64 -d <<'(?P<end>\w+)' \| gunzip -c >(?P<bundle>\S+)\n(?P<data>.*?)(?P=end)\n\{\n(?P<split>(?:  head -c \d+ >.*\n)+)\} <(?P=bundle)\n",
+    r"base64 -d <<'(?P<end>\w+)' \| gunzip -c >(?P<bundle>\S+)\n(?P<data>.*?)(?P=end)\n"
+    r"\{\n(?P<split>(?:  head -c \d+ >.*\n)+)\} <(?P=bundle)\n",
     re.S,
 )
 
@@ -63,7 +64,7 @@ def readable_user_data(user_data: str) -> str:
         data = gzip.decompress(base64.b64decode(match.group("data")))
         out, offset = [], 0
         for size, target in re.findall(r"head -c (\d+) >(.*)", match.group("split")):
-            part = data[offset: offset + int(size)].decode("ascii")
+            part = data[offset : offset + int(size)].decode("ascii")
             offset += int(size)
             out.append(f"# ===== bundled script -> {target} ({size} bytes) =====\n{part}")
         assert offset == len(data), "the bundle holds exactly the scripts it splits"
@@ -96,7 +97,9 @@ def reviewable(stack: dict) -> dict:
     if found is not None:
         name, values = found
         node_class = next(m for m in values["manifests"] if m["kind"] == "EC2NodeClass")
-        node_class["spec"]["userData"] = f"<GPU user-data: see the user-data snapshot; sha256 {_sha(node_class['spec']['userData'])}>"
+        node_class["spec"]["userData"] = (
+            f"<GPU user-data: see the user-data snapshot; sha256 {_sha(node_class['spec']['userData'])}>"
+        )
         stack["resource"]["helm_release"][name]["values"] = [yaml.safe_dump(values, sort_keys=True, width=10_000)]
     for resource in stack.get("resource", {}).get("kubernetes_manifest", {}).values():
         manifest = resource["manifest"]

@@ -247,7 +247,10 @@ def test_model_loaders_read_folders_comfyui_has() -> None:
 
 def test_required_models_aliases_builtins_and_duplicates() -> None:
     workflow = {
-        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": "flux\\flux1-dev.safetensors", "weight_dtype": "default"}},
+        "1": {
+            "class_type": "UNETLoader",
+            "inputs": {"unet_name": "flux\\flux1-dev.safetensors", "weight_dtype": "default"},
+        },
         "2": {"class_type": "CLIPLoader", "inputs": {"clip_name": "t5xxl_fp16.safetensors", "type": "sd3"}},
         "3": {"class_type": "DualCLIPLoader", "inputs": {"clip_name1": "t5xxl_fp16.safetensors",
                                                          "clip_name2": ["9", 0], "type": "flux"}},

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator
@@ -429,10 +430,8 @@ def shared_session() -> None:
 
 def push_image(tag: str, repository: str = "comfyui/comfyui") -> None:
     ecr = boto3.client("ecr", region_name=REGION)
-    try:
+    with contextlib.suppress(ClientError):  # already there
         ecr.create_repository(repositoryName=repository)
-    except ClientError:
-        pass
     manifest = {
         "schemaVersion": 2,
         "mediaType": "application/vnd.docker.distribution.manifest.v2+json",

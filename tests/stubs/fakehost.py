@@ -49,9 +49,7 @@ def _fail(message: str, code: int = 1) -> int:
 def _visible(state: dict) -> dict[str, dict]:
     """Block devices the kernel shows: disks, and arrays only while they are assembled."""
     return {
-        name: dev
-        for name, dev in state["devices"].items()
-        if not dev["type"].startswith("raid") or dev.get("active")
+        name: dev for name, dev in state["devices"].items() if not dev["type"].startswith("raid") or dev.get("active")
     }
 
 
@@ -89,9 +87,7 @@ def lsblk(state: dict, args: list[str]) -> int:
                 return _fail(f"lsblk: {device}: not a block device", 32)
             rows.append(device)
             # Children: arrays assembled on top of the device.
-            rows.extend(
-                name for name, dev in visible.items() if device in dev.get("members", [])
-            )
+            rows.extend(name for name, dev in visible.items() if device in dev.get("members", []))
         if "--nodeps" in opts or "-d" in opts:
             rows = devices
     else:
@@ -115,7 +111,7 @@ def lsblk(state: dict, args: list[str]) -> int:
         # Like the real lsblk: columns padded to a common width.
         widths = [max([len(r[i]) for r in table] + [1]) for i in range(len(columns))]
         for row in table:
-            print(" ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+            print(" ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
     return 0
 
 
