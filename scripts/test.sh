@@ -15,4 +15,6 @@ if [ ! -x .venv-checkov/bin/checkov ]; then
   .venv-checkov/bin/pip install --quiet "checkov==${CHECKOV_VERSION}"
 fi
 export CHECKOV_BIN="$PWD/.venv-checkov/bin/checkov"
-exec "$PIPENV" run pytest "$@"
+# Tests run in PYTEST_WORKERS processes (default 2, the reference machine's cores; 0 runs
+# them in this process, which --snapshot-update needs).
+exec "$PIPENV" run pytest -n "${PYTEST_WORKERS:-2}" "$@"

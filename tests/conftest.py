@@ -139,14 +139,16 @@ def variant_config(name: str):
 
 
 class Synth:
-    """The synthesized Terraform JSON of every stack of one configuration."""
+    """The synthesized Terraform JSON of every stack of one configuration (synthesized into
+    `outdir` unless `build` is False, which loads what is already there)."""
 
-    def __init__(self, config, outdir: Path):
-        from stacks.app import build_app
-
+    def __init__(self, config, outdir: Path, *, build: bool = True):
         self.config = config
         self.outdir = outdir
-        build_app(config, outdir=outdir).synth()
+        if build:
+            from stacks.app import build_app
+
+            build_app(config, outdir=outdir).synth()
         manifest = json.loads((outdir / "manifest.json").read_text())
         self.paths = {name: outdir / s["synthesizedStackPath"] for name, s in manifest["stacks"].items()}
         self.stacks = {name: json.loads(p.read_text()) for name, p in self.paths.items()}
@@ -158,16 +160,32 @@ class Synth:
         return self.stack(cycle).get("resource", {}).get(rtype, {})
 
 
+def shared_synth(tmp_path_factory, name: str, config) -> Synth:
+    """One synthesis per variant per test run, shared by pytest-xdist's workers: the first
+    worker to ask synthesizes (under a lock), the others load its output."""
+    import fcntl
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's directory, common to its workers
+    outdir = root / f"synth-{name}"
+    with open(root / f"synth-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (outdir / "manifest.json").exists():
+            return Synth(config, outdir, build=False)
+        return Synth(config, outdir)
+
+
 @pytest.fixture(scope="session")
 def synth(tmp_path_factory) -> Synth:
     from core.config import load_config
 
-    return Synth(load_config(), tmp_path_factory.mktemp("synth-default"))
+    return shared_synth(tmp_path_factory, DEFAULT_VARIANT, load_config())
 
 
 @pytest.fixture(scope="session")
 def synth_variants(tmp_path_factory, synth) -> dict[str, Synth]:
     out = {DEFAULT_VARIANT: synth}
     for name in VARIANTS:
-        out[name] = Synth(variant_config(name), tmp_path_factory.mktemp(f"synth-{name}"))
+        out[name] = shared_synth(tmp_path_factory, name, variant_config(name))
     return out

@@ -169,7 +169,13 @@ def test_guard_passes_empty_and_missing_buckets_and_stops_on_any_data(aws_cli_en
 
 
 def test_guard_fails_closed_when_it_cannot_look(aws_cli_env):
-    env = {**aws_cli_env, "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}  # nothing listens there
+    # Nothing listens there; one attempt (the CLI would otherwise back off through 5 retries).
+    env = {
+        **aws_cli_env,
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+        "AWS_MAX_ATTEMPTS": "1",
+        "AWS_RETRY_MODE": "standard",
+    }
     result = _guard(env, "any-bucket")
     assert result.returncode == 1 and "cannot check" in result.stderr
 

@@ -6,7 +6,7 @@ A script change then shows as a readable diff of the script, and the stack JSON 
 its hash changed. A variant's stack that is byte-identical to the default's is not stored
 twice: the test asserts the equality instead.
 
-Update deliberately with `scripts/test.sh tests/test_snapshots.py --snapshot-update` and
+Update deliberately with `PYTEST_WORKERS=0 scripts/test.sh tests/test_snapshots.py --snapshot-update` and
 review the diff: it is the Terraform your users will plan and the code their nodes run.
 """
 
