@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from cdktf import AssetType, TerraformAsset, TerraformStack
+from cdktf import AssetType, ITerraformDependable, TerraformAsset, TerraformStack
 from cdktf_cdktf_provider_aws.cloudwatch_log_group import CloudwatchLogGroup
 from cdktf_cdktf_provider_aws.iam_role import IamRole
 from cdktf_cdktf_provider_aws.iam_role_policy import IamRolePolicy
@@ -49,6 +49,7 @@ class PythonFunction(Construct):
         region: str,
         timeout_seconds: int = 30,
         memory_mb: int = 256,
+        depends_on: Sequence[ITerraformDependable] = (),
     ) -> None:
         """`statements`: what the function may do besides writing its logs and decrypting its
         environment (KMS through Lambda only)."""
@@ -93,7 +94,7 @@ class PythonFunction(Construct):
             kms_key_arn=kms_key_arn,
             tracing_config=LambdaFunctionTracingConfig(mode="PassThrough"),
             environment=LambdaFunctionEnvironment(variables=dict(environment)),
-            depends_on=[log_group],
+            depends_on=[log_group, *depends_on],
         )
         self.name = name
         self.arn = self.function.arn

@@ -13,6 +13,10 @@ from cdktf_cdktf_provider_aws.data_aws_iam_policy_document import (
     DataAwsIamPolicyDocumentStatementCondition,
     DataAwsIamPolicyDocumentStatementPrincipals,
 )
+from cdktf_cdktf_provider_aws.eks_pod_identity_association import EksPodIdentityAssociation
+from cdktf_cdktf_provider_aws.iam_policy import IamPolicy
+from cdktf_cdktf_provider_aws.iam_role import IamRole
+from cdktf_cdktf_provider_aws.iam_role_policy_attachment import IamRolePolicyAttachment
 from constructs import Construct
 
 
@@ -131,3 +135,52 @@ def pod_identity_trust(
             ),
         ),
     )
+
+
+def deny_insecure_transport(service: str, resources: Sequence[str]) -> Statement:
+    """The resource-policy statement every bucket and queue here carries: no plain HTTP."""
+    return Statement(
+        sid="DenyInsecureTransport",
+        effect="Deny",
+        actions=[f"{service}:*"],
+        resources=list(resources),
+        principals=(Principal(type="*", identifiers=["*"]),),
+        conditions=(Condition(test="Bool", variable="aws:SecureTransport", values=["false"]),),
+    )
+
+
+def pod_identity_role(
+    scope: Construct,
+    *,
+    name: str,
+    document: DataAwsIamPolicyDocument,
+    account_id: str,
+    cluster_name: str,
+    cluster_arn: str,
+    namespace: str,
+    service_account: str,
+) -> IamRole:
+    """A role for one service account through EKS Pod Identity, in `scope`: its trust policy
+    (pod_identity_trust), the role, a managed policy from `document`, the attachment and the
+    association (children trust, role, policy, attach, pod_identity). `cluster_name` and
+    `cluster_arn` are references to the cluster, so the association waits for it."""
+    trust = pod_identity_trust(
+        scope,
+        "trust",
+        account_id=account_id,
+        cluster_arn=cluster_arn,
+        namespace=namespace,
+        service_account=service_account,
+    )
+    role = IamRole(scope, "role", name=name, assume_role_policy=trust.json)
+    policy = IamPolicy(scope, "policy", name=name, policy=document.json)
+    IamRolePolicyAttachment(scope, "attach", role=role.name, policy_arn=policy.arn)
+    EksPodIdentityAssociation(
+        scope,
+        "pod_identity",
+        cluster_name=cluster_name,
+        namespace=namespace,
+        service_account=service_account,
+        role_arn=role.arn,
+    )
+    return role

@@ -28,7 +28,6 @@ from cdktf_cdktf_provider_aws.apigatewayv2_stage import (
     Apigatewayv2StageDefaultRouteSettings,
 )
 from cdktf_cdktf_provider_aws.cloudwatch_log_group import CloudwatchLogGroup
-from cdktf_cdktf_provider_aws.cloudwatch_metric_alarm import CloudwatchMetricAlarm
 from cdktf_cdktf_provider_aws.data_aws_secretsmanager_random_password import DataAwsSecretsmanagerRandomPassword
 from cdktf_cdktf_provider_aws.dynamodb_table import (
     DynamodbTable,
@@ -38,10 +37,7 @@ from cdktf_cdktf_provider_aws.dynamodb_table import (
     DynamodbTableServerSideEncryption,
     DynamodbTableTtl,
 )
-from cdktf_cdktf_provider_aws.eks_pod_identity_association import EksPodIdentityAssociation
 from cdktf_cdktf_provider_aws.iam_policy import IamPolicy
-from cdktf_cdktf_provider_aws.iam_role import IamRole
-from cdktf_cdktf_provider_aws.iam_role_policy_attachment import IamRolePolicyAttachment
 from cdktf_cdktf_provider_aws.lambda_event_source_mapping import (
     LambdaEventSourceMapping,
     LambdaEventSourceMappingFilterCriteria,
@@ -55,8 +51,9 @@ from cdktf_cdktf_provider_aws.sqs_queue_policy import SqsQueuePolicy
 from constructs import Construct
 
 from core import names
+from modules.alarms import dead_letter_alarm
 from modules.function import PythonFunction
-from modules.iam import Condition, Principal, Statement, pod_identity_trust, policy_document
+from modules.iam import Condition, Statement, deny_insecure_transport, pod_identity_role, policy_document
 
 JOBS_SOURCE = Path(__file__).resolve().parent.parent / "lambda_src" / "jobs"
 # API Gateway's HTTP API integration timeout is 30 s at most.
@@ -74,17 +71,6 @@ def load_contract() -> ModuleType:
 
 
 contract = load_contract()
-
-
-def _deny_insecure_transport(resource: str, service: str) -> Statement:
-    return Statement(
-        sid="DenyInsecureTransport",
-        effect="Deny",
-        actions=[f"{service}:*"],
-        resources=[resource],
-        principals=(Principal(type="*", identifiers=["*"]),),
-        conditions=(Condition(test="Bool", variable="aws:SecureTransport", values=["false"]),),
-    )
 
 
 class JobStore(Construct):
@@ -145,7 +131,7 @@ class JobStore(Construct):
             redrive_policy=json.dumps({"deadLetterTargetArn": self.dlq.arn, "maxReceiveCount": max_attempts}),
         )
         for queue_id, queue in (("queue", self.queue), ("dlq", self.dlq)):
-            document = policy_document(self, f"{queue_id}_policy_document", _deny_insecure_transport(queue.arn, "sqs"))
+            document = policy_document(self, f"{queue_id}_policy_document", deny_insecure_transport("sqs", [queue.arn]))
             SqsQueuePolicy(self, f"{queue_id}_policy", queue_url=queue.url, policy=document.json)
         self.secret = SecretsmanagerSecret(
             self,
@@ -420,22 +406,13 @@ class JobsApi(Construct):
         self.caller_policy = IamPolicy(
             self, "caller_policy", name=f"{name}-caller", description="Call the ComfyUI job API", policy=caller.json
         )
-        CloudwatchMetricAlarm(
+        dead_letter_alarm(
             self,
             "dlq_alarm",
             alarm_name=f"{name}-dead-letters",
-            alarm_description=f"Jobs whose runs kept dying reached {name}-dlq and were failed: look at the runner logs",
-            namespace="AWS/SQS",
-            metric_name="ApproximateNumberOfMessagesVisible",
-            dimensions={"QueueName": store.dlq.name},
-            statistic="Maximum",
-            period=300,
-            evaluation_periods=1,
-            threshold=0,
-            comparison_operator="GreaterThanThreshold",
-            treat_missing_data="notBreaching",
+            description=f"Jobs whose runs kept dying reached {name}-dlq and were failed: look at the runner logs",
+            queue_name=store.dlq.name,
             alarm_actions=alarm_actions,
-            ok_actions=alarm_actions,
         )
 
 
@@ -489,24 +466,15 @@ class JobRunnerIdentity(Construct):
                 ),
             ),
         )
-        trust = pod_identity_trust(
+        pod_identity_role(
             self,
-            "trust",
+            name=f"{name}-runner",
+            document=document,
             account_id=account_id,
+            cluster_name=cluster_name,
             cluster_arn=cluster_arn,
             namespace=names.COMFYUI_NAMESPACE,
             service_account=names.COMFYUI_SERVICE_ACCOUNT,
-        )
-        role = IamRole(self, "role", name=f"{name}-runner", assume_role_policy=trust.json)
-        policy = IamPolicy(self, "policy", name=f"{name}-runner", policy=document.json)
-        IamRolePolicyAttachment(self, "attach", role=role.name, policy_arn=policy.arn)
-        EksPodIdentityAssociation(
-            self,
-            "pod_identity",
-            cluster_name=cluster_name,
-            namespace=names.COMFYUI_NAMESPACE,
-            service_account=names.COMFYUI_SERVICE_ACCOUNT,
-            role_arn=role.arn,
         )
 
 
@@ -529,22 +497,13 @@ class KedaIdentity(Construct):
         document = policy_document(
             self, "document", Statement(sid="QueueDepth", actions=["sqs:GetQueueAttributes"], resources=[queue_arn])
         )
-        trust = pod_identity_trust(
+        pod_identity_role(
             self,
-            "trust",
+            name=f"{name}-keda",
+            document=document,
             account_id=account_id,
+            cluster_name=cluster_name,
             cluster_arn=cluster_arn,
             namespace=names.KEDA_NAMESPACE,
             service_account=names.KEDA_OPERATOR_SERVICE_ACCOUNT,
-        )
-        role = IamRole(self, "role", name=f"{name}-keda", assume_role_policy=trust.json)
-        policy = IamPolicy(self, "policy", name=f"{name}-keda", policy=document.json)
-        IamRolePolicyAttachment(self, "attach", role=role.name, policy_arn=policy.arn)
-        EksPodIdentityAssociation(
-            self,
-            "pod_identity",
-            cluster_name=cluster_name,
-            namespace=names.KEDA_NAMESPACE,
-            service_account=names.KEDA_OPERATOR_SERVICE_ACCOUNT,
-            role_arn=role.arn,
         )

@@ -21,17 +21,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from cdktf_cdktf_provider_aws.eks_pod_identity_association import EksPodIdentityAssociation
-from cdktf_cdktf_provider_aws.iam_policy import IamPolicy
-from cdktf_cdktf_provider_aws.iam_role import IamRole
-from cdktf_cdktf_provider_aws.iam_role_policy_attachment import IamRolePolicyAttachment
 from cdktf_cdktf_provider_helm.release import Release
 from constructs import Construct
 
 from core import names
 from modules.cluster import SYSTEM_NODE_LABEL
 from modules.helm import chart_values, to_yaml
-from modules.iam import Condition, Statement, pod_identity_trust, policy_document
+from modules.iam import Condition, Statement, pod_identity_role, policy_document
 
 LBC_CHART_REPOSITORY = "https://aws.github.io/eks-charts"
 LBC_CHART_VERSION = "1.17.0"  # controller v2.17.0
@@ -269,24 +265,15 @@ class LoadBalancerControllerIam(Construct):
                 partition=partition, region=region, account_id=account_id, cluster_name=cluster_tag_value, vpc_id=vpc_id
             ),
         )
-        trust = pod_identity_trust(
+        role = pod_identity_role(
             self,
-            "trust",
+            name=f"{project}-aws-load-balancer-controller",
+            document=document,
             account_id=account_id,
+            cluster_name=cluster_name,
             cluster_arn=cluster_arn,
             namespace=LBC_NAMESPACE,
             service_account=LBC_SERVICE_ACCOUNT,
-        )
-        role = IamRole(self, "role", name=f"{project}-aws-load-balancer-controller", assume_role_policy=trust.json)
-        policy = IamPolicy(self, "policy", name=f"{project}-aws-load-balancer-controller", policy=document.json)
-        IamRolePolicyAttachment(self, "attach", role=role.name, policy_arn=policy.arn)
-        EksPodIdentityAssociation(
-            self,
-            "pod_identity",
-            cluster_name=cluster_name,
-            namespace=LBC_NAMESPACE,
-            service_account=LBC_SERVICE_ACCOUNT,
-            role_arn=role.arn,
         )
         self.role_arn = role.arn
 

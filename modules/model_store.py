@@ -5,14 +5,11 @@ the identity of the Mountpoint S3 CSI driver that mounts inputs and outputs
 
 from __future__ import annotations
 
-from cdktf_cdktf_provider_aws.eks_pod_identity_association import EksPodIdentityAssociation
 from cdktf_cdktf_provider_aws.iam_policy import IamPolicy
-from cdktf_cdktf_provider_aws.iam_role import IamRole
-from cdktf_cdktf_provider_aws.iam_role_policy_attachment import IamRolePolicyAttachment
 from constructs import Construct
 
 from core import names
-from modules.iam import Condition, Statement, pod_identity_trust, policy_document
+from modules.iam import Condition, Statement, pod_identity_role, policy_document
 from modules.jobs import contract
 from modules.kms import EncryptionKey
 from modules.storage import AccessLogBucket, SecureBucket
@@ -160,23 +157,13 @@ class S3CsiDriverIdentity(Construct):
                 conditions=(kms_via_s3(region),),
             ),
         )
-        trust = pod_identity_trust(
+        self.role = pod_identity_role(
             self,
-            "trust",
+            name=f"{project}-s3-csi-driver",
+            document=document,
             account_id=account_id,
+            cluster_name=cluster_name,
             cluster_arn=cluster_arn,
             namespace=CSI_NAMESPACE,
             service_account=CSI_NODE_SERVICE_ACCOUNT,
-        )
-        self.role = IamRole(self, "role", name=f"{project}-s3-csi-driver", assume_role_policy=trust.json)
-        policy = IamPolicy(self, "policy", name=f"{project}-s3-csi-driver", policy=document.json)
-        IamRolePolicyAttachment(self, "attach", role=self.role.name, policy_arn=policy.arn)
-        EksPodIdentityAssociation(
-            self,
-            "pod_identity",
-            # A reference to the cluster (module output), so the association waits for it.
-            cluster_name=cluster_name,
-            namespace=CSI_NAMESPACE,
-            service_account=CSI_NODE_SERVICE_ACCOUNT,
-            role_arn=self.role.arn,
         )

@@ -14,19 +14,9 @@ import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
-from cdktf import AssetType, TerraformAsset
-from cdktf_cdktf_provider_aws.cloudwatch_log_group import CloudwatchLogGroup
-from cdktf_cdktf_provider_aws.cloudwatch_metric_alarm import CloudwatchMetricAlarm
-from cdktf_cdktf_provider_aws.iam_role import IamRole
-from cdktf_cdktf_provider_aws.iam_role_policy import IamRolePolicy
 from cdktf_cdktf_provider_aws.lambda_event_source_mapping import (
     LambdaEventSourceMapping,
     LambdaEventSourceMappingScalingConfig,
-)
-from cdktf_cdktf_provider_aws.lambda_function import (
-    LambdaFunction,
-    LambdaFunctionEnvironment,
-    LambdaFunctionTracingConfig,
 )
 from cdktf_cdktf_provider_aws.s3_bucket_notification import S3BucketNotification, S3BucketNotificationQueue
 from cdktf_cdktf_provider_aws.sqs_queue import SqsQueue
@@ -35,8 +25,9 @@ from cdktf_cdktf_provider_aws.ssm_document import SsmDocument
 from constructs import Construct
 
 from core import names
-from modules.iam import Condition, Principal, Statement, assume_role_policy, policy_document
-from modules.lambda_package import build_zip
+from modules.alarms import dead_letter_alarm
+from modules.function import PythonFunction
+from modules.iam import Condition, Principal, Statement, deny_insecure_transport, policy_document
 
 LAMBDA_SOURCE = Path(__file__).resolve().parent.parent / "lambda_src" / "model_sync"
 LAMBDA_TIMEOUT_SECONDS = 60
@@ -121,14 +112,7 @@ class ModelEventQueue(Construct):
                     Condition(test="StringEquals", variable="aws:SourceAccount", values=[account_id]),
                 ),
             ),
-            Statement(
-                sid="DenyInsecureTransport",
-                effect="Deny",
-                actions=["sqs:*"],
-                resources=[self.queue.arn],
-                principals=(Principal(type="*", identifiers=["*"]),),
-                conditions=(Condition(test="Bool", variable="aws:SecureTransport", values=["false"]),),
-            ),
+            deny_insecure_transport("sqs", [self.queue.arn]),
         )
         policy = SqsQueuePolicy(self, "policy", queue_url=self.queue.url, policy=document.json)
         # Only model folders notify (non-overlapping prefixes may share one queue); the
@@ -151,9 +135,10 @@ class ModelEventQueue(Construct):
         )
 
 
-class SyncFunction(Construct):
-    """The Lambda that turns a batch of model events into one SSM command, its log group, its
-    least-privilege role and the event source mapping that batches the queue."""
+class SyncFunction(PythonFunction):
+    """The Lambda that turns a batch of model events into one SSM command (a PythonFunction:
+    its log group and least-privilege role), and the event source mapping that batches the
+    queue."""
 
     def __init__(
         self,
@@ -172,104 +157,79 @@ class SyncFunction(Construct):
         queue: SqsQueue,
         document: SsmDocument,
     ) -> None:
-        super().__init__(scope, id_)
-        log_group = CloudwatchLogGroup(
-            self, "logs", name=f"/aws/lambda/{name}", retention_in_days=365, kms_key_id=kms_key_arn
-        )
-        permissions = policy_document(
-            self,
-            "policy_document",
-            Statement(
-                sid="WriteLogs", actions=["logs:CreateLogStream", "logs:PutLogEvents"], resources=[f"{log_group.arn}:*"]
-            ),
-            Statement(
-                sid="ConsumeQueue",
-                actions=["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"],
-                resources=[queue.arn],
-            ),
-            Statement(
-                sid="DecryptQueueAndEnvironment",
-                actions=["kms:Decrypt"],
-                resources=[kms_key_arn],
-                conditions=(
-                    Condition(
-                        test="StringEquals",
-                        variable="kms:ViaService",
-                        values=[f"sqs.{region}.amazonaws.com", f"lambda.{region}.amazonaws.com"],
-                    ),
-                ),
-            ),
-            # DescribeInstances has no resource-level permissions: it only counts GPU nodes.
-            Statement(sid="FindGpuNodes", actions=["ec2:DescribeInstances"], resources=["*"]),
-            Statement(
-                sid="SendSyncDocument",
-                actions=["ssm:SendCommand"],
-                resources=[f"arn:{partition}:ssm:{region}:{account_id}:document/{name}"],
-            ),
-            # AWS's documented pattern ("Restricting Run Command access based on tags", SSM user
-            # guide): the document in one statement, the instances in another with the tag
-            # condition; SSM evaluates it per target instance (others show AccessDenied).
-            Statement(
-                sid="SendToThisClustersNodes",
-                actions=["ssm:SendCommand"],
-                resources=[f"arn:{partition}:ec2:{region}:{account_id}:instance/*"],
-                conditions=(
-                    Condition(
-                        test="StringEquals",
-                        variable=f"ssm:resourceTag/{names.NODE_CLUSTER_TAG_KEY}",
-                        values=[cluster_name],
-                    ),
-                ),
-            ),
-        )
-        trust = assume_role_policy(self, "trust", service="lambda.amazonaws.com")
-        role = IamRole(self, "role", name=name, assume_role_policy=trust.json)
-        IamRolePolicy(self, "role_policy", name=name, role=role.id, policy=permissions.json)
-
-        package = TerraformAsset(
-            self, "package", path=str(build_zip(LAMBDA_SOURCE, name="model_sync")), type=AssetType.FILE
-        )
-        function = LambdaFunction(
-            self,
-            "function",
-            function_name=name,
-            role=role.arn,
-            runtime="python3.12",
-            architectures=["arm64"],
+        super().__init__(
+            scope,
+            id_,
+            name=name,
+            source=LAMBDA_SOURCE,
             handler="handler.handler",
-            filename=package.path,
-            source_code_hash=package.asset_hash,
-            timeout=LAMBDA_TIMEOUT_SECONDS,
-            memory_size=256,
-            # No reserved concurrency: in accounts with the default quota of 10, a reservation
-            # fails at apply; the event source mapping's maximum_concurrency (2) bounds it.
+            timeout_seconds=LAMBDA_TIMEOUT_SECONDS,
             kms_key_arn=kms_key_arn,
-            tracing_config=LambdaFunctionTracingConfig(mode="PassThrough"),
-            environment=LambdaFunctionEnvironment(
-                variables={
-                    names.ENV_CLUSTER_NAME: cluster_name,
-                    names.ENV_MODELS_BUCKET: models_bucket,
-                    names.ENV_SSM_DOCUMENT: name,
-                    names.ENV_MODEL_PREFIXES: ",".join(model_prefixes),
-                    names.ENV_NODE_CLUSTER_TAG_KEY: names.NODE_CLUSTER_TAG_KEY,
-                    names.ENV_NODE_ROLE_TAG_KEY: names.NODE_ROLE_TAG_KEY,
-                    names.ENV_NODE_ROLE_VALUE: names.NODE_ROLE_GPU,
-                }
-            ),
-            depends_on=[log_group, document],
+            region=region,
+            environment={
+                names.ENV_CLUSTER_NAME: cluster_name,
+                names.ENV_MODELS_BUCKET: models_bucket,
+                names.ENV_SSM_DOCUMENT: name,
+                names.ENV_MODEL_PREFIXES: ",".join(model_prefixes),
+                names.ENV_NODE_CLUSTER_TAG_KEY: names.NODE_CLUSTER_TAG_KEY,
+                names.ENV_NODE_ROLE_TAG_KEY: names.NODE_ROLE_TAG_KEY,
+                names.ENV_NODE_ROLE_VALUE: names.NODE_ROLE_GPU,
+            },
+            statements=[
+                Statement(
+                    sid="ConsumeQueue",
+                    actions=["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"],
+                    resources=[queue.arn],
+                ),
+                Statement(
+                    sid="DecryptQueue",
+                    actions=["kms:Decrypt"],
+                    resources=[kms_key_arn],
+                    conditions=(
+                        Condition(
+                            test="StringEquals", variable="kms:ViaService", values=[f"sqs.{region}.amazonaws.com"]
+                        ),
+                    ),
+                ),
+                # DescribeInstances has no resource-level permissions: it only counts GPU nodes.
+                Statement(sid="FindGpuNodes", actions=["ec2:DescribeInstances"], resources=["*"]),
+                Statement(
+                    sid="SendSyncDocument",
+                    actions=["ssm:SendCommand"],
+                    resources=[f"arn:{partition}:ssm:{region}:{account_id}:document/{name}"],
+                ),
+                # AWS's documented pattern ("Restricting Run Command access based on tags", SSM user
+                # guide): the document in one statement, the instances in another with the tag
+                # condition; SSM evaluates it per target instance (others show AccessDenied).
+                Statement(
+                    sid="SendToThisClustersNodes",
+                    actions=["ssm:SendCommand"],
+                    resources=[f"arn:{partition}:ec2:{region}:{account_id}:instance/*"],
+                    conditions=(
+                        Condition(
+                            test="StringEquals",
+                            variable=f"ssm:resourceTag/{names.NODE_CLUSTER_TAG_KEY}",
+                            values=[cluster_name],
+                        ),
+                    ),
+                ),
+            ],
+            # The command must exist before the function may send it.
+            depends_on=[document],
         )
         # A burst of uploads within the window becomes one invocation -> one SSM command.
-        # (SQS allows batches above 10 only with a batching window of at least 1 s.)
+        # (SQS allows batches above 10 only with a batching window of at least 1 s.) No
+        # reserved concurrency: in accounts with the default quota of 10 a reservation fails
+        # at apply; the mapping's maximum_concurrency (2) bounds the function.
         LambdaEventSourceMapping(
             self,
             "events",
             event_source_arn=queue.arn,
-            function_name=function.arn,
+            function_name=self.arn,
             batch_size=1000 if batching_window_seconds > 0 else 10,
             maximum_batching_window_in_seconds=batching_window_seconds,
             scaling_config=LambdaEventSourceMappingScalingConfig(maximum_concurrency=2),
         )
-        self.function_name = name
 
 
 class ModelSync(Construct):
@@ -328,25 +288,16 @@ class ModelSync(Construct):
         )
         # A batch that failed MAX_RECEIVE_COUNT times: nodes were not asked to converge (they
         # still do within the reconcile interval), and the cause needs a look.
-        CloudwatchMetricAlarm(
+        dead_letter_alarm(
             self,
             "dlq_alarm",
             alarm_name=f"{name}-dead-letters",
-            alarm_description=(
+            description=(
                 f"Model-sync events failed {MAX_RECEIVE_COUNT} times and reached the dead-letter queue "
                 f"{name}-dlq: see the Lambda's log group /aws/lambda/{name}"
             ),
-            namespace="AWS/SQS",
-            metric_name="ApproximateNumberOfMessagesVisible",
-            dimensions={"QueueName": events.dlq.name},
-            statistic="Maximum",
-            period=300,
-            evaluation_periods=1,
-            threshold=0,
-            comparison_operator="GreaterThanThreshold",
-            treat_missing_data="notBreaching",
+            queue_name=events.dlq.name,
             alarm_actions=list(alarm_actions),
-            ok_actions=list(alarm_actions),
         )
         self.queue_arn = events.queue.arn
         self.dlq_arn = events.dlq.arn

@@ -42,7 +42,7 @@ from cdktf_cdktf_provider_aws.s3_bucket_versioning import (
 )
 from constructs import Construct
 
-from modules.iam import Condition, Principal, Statement, policy_document
+from modules.iam import Condition, Principal, Statement, deny_insecure_transport, policy_document
 from modules.kms import EncryptionKey
 
 EMPTY_BUCKET_GUARD = Path(__file__).resolve().parent / "hooks" / "require-empty-bucket.sh"
@@ -196,14 +196,7 @@ class SecureBucket(Construct):
         document = policy_document(
             self,
             "policy_document",
-            Statement(
-                sid="DenyInsecureTransport",
-                effect="Deny",
-                actions=["s3:*"],
-                resources=[bucket.arn, f"{bucket.arn}/*"],
-                principals=(Principal(type="*", identifiers=["*"]),),
-                conditions=(Condition(test="Bool", variable="aws:SecureTransport", values=["false"]),),
-            ),
+            deny_insecure_transport("s3", [bucket.arn, f"{bucket.arn}/*"]),
             *extra_statements,
         )
         protections.append(S3BucketPolicy(self, "policy", bucket=bucket.id, policy=document.json))

@@ -129,7 +129,8 @@ def test_lambda_least_privilege(synth):
             "sqs:ReceiveMessage",
             "sqs:DeleteMessage",
             "sqs:GetQueueAttributes",
-            "kms:Decrypt",
+            "kms:Decrypt",  # the environment, through Lambda
+            "kms:Decrypt",  # the queue's messages, through SQS
             "ec2:DescribeInstances",
             "ssm:SendCommand",
             "ssm:SendCommand",
