@@ -16,7 +16,7 @@ from core import names
 from modules.cluster import NODE_METADATA_OPTIONS, SYSTEM_NODE_LABEL
 from modules.gpu_user_data import render_gpu_user_data
 from modules.helm import chart_values, manifests_chart, to_yaml
-from modules.iam import Condition, Statement, policy_document
+from modules.iam import Condition, Statement, pod_identity_trust, policy_document
 
 KARPENTER_MODULE_SOURCE = "terraform-aws-modules/eks/aws//modules/karpenter"
 KARPENTER_MODULE_VERSION = "21.11.0"
@@ -147,12 +147,25 @@ class KarpenterAws(Construct):
         id_: str,
         *,
         cluster_name: str,
+        cluster_arn: str,
+        account_id: str,
         node_role_name: str,
         node_policy_arns: Mapping[str, str],
     ) -> None:
         """`node_policy_arns`: extra policies of the node role, by a name known at synth time
         (the module's for_each key)."""
         super().__init__(scope, id_)
+        # The submodule's controller trust admits any Pod Identity association of the account;
+        # a document passed here replaces its statement of the same sid ("PodIdentity") with
+        # one conditioned on this cluster, namespace and service account.
+        trust = pod_identity_trust(
+            self,
+            "controller_trust",
+            account_id=account_id,
+            cluster_arn=cluster_arn,
+            namespace=names.KARPENTER_NAMESPACE,
+            service_account=names.KARPENTER_SERVICE_ACCOUNT,
+        )
         self.module = TerraformHclModule(
             self,
             "karpenter",
@@ -163,6 +176,7 @@ class KarpenterAws(Construct):
                 "namespace": names.KARPENTER_NAMESPACE,
                 "service_account": names.KARPENTER_SERVICE_ACCOUNT,
                 "create_pod_identity_association": True,
+                "iam_role_override_assume_policy_documents": [trust.json],
                 "enable_spot_termination": True,
                 "node_iam_role_use_name_prefix": False,
                 "node_iam_role_name": node_role_name,

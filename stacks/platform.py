@@ -95,6 +95,8 @@ class PlatformStack(ProjectStack):
             self,
             "karpenter",
             cluster_name=self.cluster.cluster_name,
+            cluster_arn=self.cluster.cluster_arn,
+            account_id=config.account_id,
             node_role_name=f"{config.project}-gpu-node",
             node_policy_arns={"GpuNode": gpu_node_policy.arn, "ModelsRead": models_read.arn},
         )

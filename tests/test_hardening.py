@@ -384,8 +384,8 @@ def test_pod_identity_roles_trust_one_service_account_of_this_cluster(synth_vari
                 p["identifiers"] == ["pods.eks.amazonaws.com"] for s in d["statement"] for p in s.get("principals", [])
             )
         ]
-        # the load balancer controller, the S3 CSI driver, the job runner and KEDA
-        assert len(trusts) == 4
+        # the load balancer controller, the S3 CSI driver, the job runner, KEDA and Karpenter
+        assert len(trusts) == 5
         for trust in trusts:
             (statement,) = trust["statement"]
             assert sorted(statement["actions"]) == ["sts:AssumeRole", "sts:TagSession"]
@@ -407,7 +407,15 @@ def test_pod_identity_roles_trust_one_service_account_of_this_cluster(synth_vari
             )
             for t in trusts
         }
-        assert trusted <= associations
+        assert trusted <= associations | {(names.KARPENTER_NAMESPACE, names.KARPENTER_SERVICE_ACCOUNT)}
+        # Karpenter's association is the submodule's: its trust is replaced by ours (same sid).
+        karpenter = next(
+            m for m in synth.stack("platform")["module"].values() if m["source"].endswith("//modules/karpenter")
+        )
+        (override,) = karpenter["iam_role_override_assume_policy_documents"]
+        assert override.startswith("${data.aws_iam_policy_document.karpenter_controller_trust")
+        document = _documents(synth)[override.split(".")[2]]
+        assert document["statement"][0]["sid"] == "PodIdentity", "the submodule's statement sid, or it is appended"
 
 
 # --- 8. WAF logs --------------------------------------------------------------------------
