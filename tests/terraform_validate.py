@@ -73,7 +73,6 @@ MIRROR_CANDIDATES = (
     Path("/usr/local/share/terraform/plugins"),
     Path("/usr/share/terraform/plugins"),
 )
-REGISTRY = "registry.terraform.io"
 AWS = "hashicorp/aws"
 
 # Providers that cannot be installed offline and that the harness stands in for (reason).
@@ -135,6 +134,9 @@ class Mirror:
 
     root: Path
     versions: Mapping[str, str]  # "hashicorp/aws" -> "5.100.0"
+    # The mirror's top-level directory: the providers' origin host, as Terraform lays out
+    # unpacked mirrors (<host>/<namespace>/<type>/<version>/<os>_<arch>/). Read from the disk.
+    host: str = ""
 
     @property
     def aws_version(self) -> str:
@@ -154,14 +156,16 @@ def _version_key(version: str) -> tuple[int, ...]:
 
 def read_mirror(root: Path) -> Mirror | None:
     """The providers (with an executable for this platform) under `root`, or None if no aws."""
-    versions: dict[str, str] = {}
-    host = root / REGISTRY
-    for binary in sorted(host.glob(f"*/*/*/{platform_tag()}/terraform-provider-*")):
-        version_dir = binary.parent.parent
-        name = f"{version_dir.parent.parent.name}/{version_dir.parent.name}"
-        if name not in versions or _version_key(version_dir.name) > _version_key(versions[name]):
-            versions[name] = version_dir.name
-    return Mirror(root, versions) if AWS in versions else None
+    for host in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+        versions: dict[str, str] = {}
+        for binary in sorted(host.glob(f"*/*/*/{platform_tag()}/terraform-provider-*")):
+            version_dir = binary.parent.parent
+            name = f"{version_dir.parent.parent.name}/{version_dir.parent.name}"
+            if name not in versions or _version_key(version_dir.name) > _version_key(versions[name]):
+                versions[name] = version_dir.name
+        if AWS in versions:
+            return Mirror(root, versions, host.name)
+    return None
 
 
 def find_mirror() -> Mirror | None:
@@ -187,7 +191,7 @@ def find_toolchain() -> Toolchain | str:
     mirror = find_mirror()
     if mirror is None:
         where = os.environ.get(MIRROR_ENV) or ", ".join(str(p) for p in MIRROR_CANDIDATES)
-        return f"no filesystem mirror with {REGISTRY}/{AWS} for {platform_tag()} (looked in {where}; set {MIRROR_ENV})"
+        return f"no filesystem mirror with {AWS} for {platform_tag()} (looked in {where}; set {MIRROR_ENV})"
     return Toolchain(terraform, mirror)
 
 
@@ -266,11 +270,11 @@ def _listing(stack_dir: Path | None) -> list[tuple[str, int]]:
 
 
 def _normalize_source(source: str) -> str:
-    """`aws` and `registry.terraform.io/hashicorp/aws` are both `hashicorp/aws`."""
+    """`aws` and `<host>/hashicorp/aws` are both `hashicorp/aws`."""
     parts = source.lower().split("/")
     if len(parts) == 1:
         return f"hashicorp/{parts[0]}"
-    return "/".join(parts[-2:]) if len(parts) == 3 and parts[0] == REGISTRY else "/".join(parts)
+    return "/".join(parts[-2:])
 
 
 def prepare_stack(
@@ -792,7 +796,7 @@ class Validator:
                 directory = self.workdir / "providers"
                 directory.mkdir(parents=True, exist_ok=True)
                 required = {
-                    name.replace("/", "-"): {"source": f"{REGISTRY}/{name}", "version": version}
+                    name.replace("/", "-"): {"source": f"{self.toolchain.mirror.host}/{name}", "version": version}
                     for name, version in self.toolchain.mirror.versions.items()
                 }
                 config = {"terraform": {"required_providers": required}}
@@ -849,7 +853,7 @@ def _relabel(report: Report, prepared: PreparedStack) -> Report:
 def cli_config_text(mirror: Mirror) -> str:
     """Providers come from the mirror and from nowhere else: without a `direct` block Terraform
     never asks a registry, so a provider missing from the mirror fails at once, offline."""
-    mirrored = json.dumps([f"{REGISTRY}/{name}" for name in sorted(mirror.versions)])
+    mirrored = json.dumps([f"{mirror.host}/{name}" for name in sorted(mirror.versions)])
     return (
         "provider_installation {\n"
         f"  filesystem_mirror {{\n    path    = {json.dumps(str(mirror.root))}\n    include = {mirrored}\n  }}\n"

@@ -34,7 +34,7 @@ def resource_change(address: str, actions: list[str], **extra) -> dict:
         "mode": mode,
         "type": rtype,
         "name": name,
-        "provider_name": "registry.terraform.io/hashicorp/aws",
+        "provider_name": "hashicorp/aws",
         "change": {
             "actions": actions,
             "before": before,

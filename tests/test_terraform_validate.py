@@ -110,7 +110,7 @@ def _workload_like() -> dict:
     )
     stack["terraform"]["required_providers"].update(
         helm={"source": "helm", "version": "3.1.1"},
-        kubernetes={"source": "registry.terraform.io/hashicorp/kubernetes", "version": "2.38.0"},
+        kubernetes={"source": "example.com/hashicorp/kubernetes", "version": "2.38.0"},
     )
     stack["provider"]["helm"] = [{"kubernetes": {"host": "${data.terraform_remote_state.platform.outputs.host}"}}]
     stack["provider"]["kubernetes"] = [{"host": "${data.terraform_remote_state.platform.outputs.host}"}]
@@ -401,7 +401,7 @@ def test_failure_message_lists_errors_and_warnings_only_with_errors():
 def test_mirror_discovery_picks_the_newest_aws_for_this_platform(tmp_path):
 
     for version, plat in (("5.99.0", platform_tag()), ("5.100.0", platform_tag()), ("6.0.0", "plan9_mips")):
-        d = tmp_path / "registry.terraform.io" / "hashicorp" / "aws" / version / plat
+        d = tmp_path / "providers.example.com" / "hashicorp" / "aws" / version / plat
         d.mkdir(parents=True)
         (d / f"terraform-provider-aws_v{version}_x5").write_text("")
     mirror = read_mirror(tmp_path)
@@ -409,7 +409,8 @@ def test_mirror_discovery_picks_the_newest_aws_for_this_platform(tmp_path):
     assert read_mirror(tmp_path / "nothing") is None
     config = cli_config_text(mirror)
     assert f'path    = "{tmp_path}"' in config
-    assert 'include = ["registry.terraform.io/hashicorp/aws"]' in config
+    assert mirror.host == "providers.example.com"
+    assert 'include = ["providers.example.com/hashicorp/aws"]' in config
     assert "direct" not in config  # never a registry
 
 
