@@ -24,9 +24,7 @@ CACHE_INIT_CONTAINER = "wait-for-model-cache"
 COMFYUI_CONTAINER = "comfyui"
 DEPLOYMENT = "comfyui"
 GPU_NODE_SELECTOR = f"{names.NODE_ROLE_TAG_KEY}={names.NODE_ROLE_GPU}"
-# modules.comfyui.APP_LABELS (a test keeps them equal): importing that module would load cdktf
-# and its Node.js runtime, seconds that `status` has no use for.
-APP_LABELS = {"app.kubernetes.io/name": "comfyui", "app.kubernetes.io/part-of": "comfyui"}
+APP_LABELS = names.APP_LABELS
 POD_SELECTOR = ",".join(f"{k}={v}" for k, v in sorted(APP_LABELS.items()))
 INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
 CAPACITY_TYPE_LABEL = "karpenter.sh/capacity-type"

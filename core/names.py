@@ -79,6 +79,8 @@ GPU_NODECLASS_NAME = "gpu"
 GPU_TAINT_KEY = "nvidia.com/gpu"
 GPU_RESOURCE = "nvidia.com/gpu"
 COMFYUI_NAMESPACE = "comfyui"
+# The ComfyUI pods' labels (their selector; the CLI finds the pods by them).
+APP_LABELS = {"app.kubernetes.io/name": "comfyui", "app.kubernetes.io/part-of": "comfyui"}
 COMFYUI_SERVICE_ACCOUNT = "comfyui"
 # A dedicated high ID (the image's runtime user): no host or system account shares it.
 COMFYUI_UID = 10001

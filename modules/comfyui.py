@@ -19,7 +19,7 @@ from typing import Any
 from core import names
 from modules.karpenter import GPU_NODE_LABEL
 
-APP_LABELS = {"app.kubernetes.io/name": "comfyui", "app.kubernetes.io/part-of": "comfyui"}
+APP_LABELS = names.APP_LABELS
 # Container paths (the image's entrypoint reads COMFYUI_* variables for them).
 MODELS_MOUNT = "/models"
 CACHE_MOUNT = "/node-cache"

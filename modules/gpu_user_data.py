@@ -55,19 +55,6 @@ CACHE_DEADLINE_RANGE = range(60, 7 * 24 * 3600 + 1)
 _CLUSTER_RE = re.compile(r"[0-9A-Za-z][A-Za-z0-9_-]{0,99}")
 
 
-def escape_terraform(text: str) -> str:
-    """Escape Terraform template sequences so `text` reaches the instance byte for byte.
-
-    Terraform treats `${` and `%{` inside any string as interpolation/directive starts;
-    the scripts are full of `${VAR}`, which would fail at plan time ("Extra characters
-    after interpolation expression") or, worse, be interpolated. Doubling the first
-    character (`$${`, `%%{`) is Terraform's literal escape. Apply this to the rendered
-    user-data when it is placed in a Terraform string (for example the EC2NodeClass
-    manifest); do not apply it twice.
-    """
-    return text.replace("${", "$${").replace("%{", "%%{")
-
-
 def _prefix_words(model_prefixes: tuple[str, ...]) -> str:
     """The model prefixes, in their canonical form (core.rules.MODEL_PREFIX), space-separated
     the way the sync script reads them (it checks each one against the same rule)."""

@@ -46,7 +46,6 @@ from cdktf_cdktf_provider_aws.lambda_event_source_mapping import (
 from cdktf_cdktf_provider_aws.lambda_permission import LambdaPermission
 from cdktf_cdktf_provider_aws.secretsmanager_secret import SecretsmanagerSecret
 from cdktf_cdktf_provider_aws.secretsmanager_secret_version import SecretsmanagerSecretVersion
-from cdktf_cdktf_provider_aws.sqs_queue import SqsQueue
 from cdktf_cdktf_provider_aws.sqs_queue_policy import SqsQueuePolicy
 from constructs import Construct
 
@@ -54,6 +53,7 @@ from core import names
 from modules.alarms import dead_letter_alarm
 from modules.function import PythonFunction
 from modules.iam import Condition, Statement, deny_insecure_transport, pod_identity_role, policy_document
+from modules.queues import queue_with_dead_letters
 
 JOBS_SOURCE = Path(__file__).resolve().parent.parent / "lambda_src" / "jobs"
 # API Gateway's HTTP API integration timeout is 30 s at most.
@@ -106,29 +106,18 @@ class JobStore(Construct):
             deletion_protection_enabled=prevent_destroy,
             lifecycle=TerraformResourceLifecycle(prevent_destroy=True) if prevent_destroy else None,
         )
-        self.dlq = SqsQueue(
+        # The dead-letter Lambda leaves a job a live runner still holds and retries it after
+        # the dead-letter queue's visibility timeout. The runner holds a message as long as it
+        # renews its lease; a lost runner's job reappears after the queue's visibility timeout
+        # and another pod claims it (the lease has expired by then).
+        self.queue, self.dlq = queue_with_dead_letters(
             self,
-            "dlq",
-            name=f"{name}-dlq",
-            kms_master_key_id=kms_key_arn,
-            kms_data_key_reuse_period_seconds=3600,
-            message_retention_seconds=14 * 24 * 3600,
-            # The dead-letter Lambda leaves a job a live runner still holds and retries it
-            # after this long.
-            visibility_timeout_seconds=300,
-        )
-        self.queue = SqsQueue(
-            self,
-            "queue",
             name=name,
-            kms_master_key_id=kms_key_arn,
-            kms_data_key_reuse_period_seconds=3600,
-            # The runner holds a message as long as it renews its lease; a lost runner's job
-            # reappears after this and another pod claims it (the lease has expired by then).
+            kms_key_arn=kms_key_arn,
+            max_receive_count=max_attempts,
             visibility_timeout_seconds=contract.LEASE_SECONDS,
-            message_retention_seconds=4 * 24 * 3600,
             receive_wait_time_seconds=20,
-            redrive_policy=json.dumps({"deadLetterTargetArn": self.dlq.arn, "maxReceiveCount": max_attempts}),
+            dead_letter_visibility_timeout_seconds=300,
         )
         for queue_id, queue in (("queue", self.queue), ("dlq", self.dlq)):
             document = policy_document(self, f"{queue_id}_policy_document", deny_insecure_transport("sqs", [queue.arn]))

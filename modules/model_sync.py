@@ -28,6 +28,7 @@ from core import names
 from modules.alarms import dead_letter_alarm
 from modules.function import PythonFunction
 from modules.iam import Condition, Principal, Statement, deny_insecure_transport, policy_document
+from modules.queues import queue_with_dead_letters
 
 LAMBDA_SOURCE = Path(__file__).resolve().parent.parent / "lambda_src" / "model_sync"
 LAMBDA_TIMEOUT_SECONDS = 60
@@ -81,23 +82,12 @@ class ModelEventQueue(Construct):
         visibility_timeout_seconds: int,
     ) -> None:
         super().__init__(scope, id_)
-        self.dlq = SqsQueue(
+        self.queue, self.dlq = queue_with_dead_letters(
             self,
-            "dlq",
-            name=f"{name}-dlq",
-            kms_master_key_id=kms_key_arn,
-            kms_data_key_reuse_period_seconds=3600,
-            message_retention_seconds=14 * 24 * 3600,
-        )
-        self.queue = SqsQueue(
-            self,
-            "queue",
             name=name,
-            kms_master_key_id=kms_key_arn,
-            kms_data_key_reuse_period_seconds=3600,
+            kms_key_arn=kms_key_arn,
+            max_receive_count=MAX_RECEIVE_COUNT,
             visibility_timeout_seconds=visibility_timeout_seconds,
-            message_retention_seconds=4 * 24 * 3600,
-            redrive_policy=json.dumps({"deadLetterTargetArn": self.dlq.arn, "maxReceiveCount": MAX_RECEIVE_COUNT}),
         )
         document = policy_document(
             self,

@@ -1095,18 +1095,12 @@ def test_stub_logs_one_line_per_call_even_when_concurrent(env: Env) -> None:
 
 
 def test_pod_selector_matches_the_deployment() -> None:
-    """_cluster keeps a copy of modules.comfyui.APP_LABELS (importing that module loads cdktf)."""
-    import ast
+    """status finds the pods by the labels the Deployment gives them (one definition)."""
+    from modules import comfyui
 
-    from tests.helpers import REPO
-
-    tree = ast.parse((REPO / "modules" / "comfyui.py").read_text())
-    assignment = next(
-        node
-        for node in tree.body
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "APP_LABELS"
-    )
-    assert ast.literal_eval(assignment.value) == _cluster.APP_LABELS
+    labels = comfyui.APP_LABELS
+    assert _cluster.APP_LABELS is labels
+    assert ",".join(f"{k}={v}" for k, v in sorted(labels.items())) == _cluster.POD_SELECTOR
 
 
 def test_display_plain_lines_are_throttled_and_rich_rows_finish() -> None:

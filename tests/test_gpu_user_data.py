@@ -21,10 +21,10 @@ from modules.gpu_user_data import (
     MIME_BOUNDARY,
     SETUP_INSTALL_PATH,
     USER_DATA_BUDGET_BYTES,
-    escape_terraform,
     render_gpu_user_data,
     shipped_script,
 )
+from modules.literal import escape_text
 from tests.helpers import REPO
 
 SETUP = REPO / "modules" / "scripts" / "gpu-node-setup.sh"
@@ -340,21 +340,21 @@ def _terraform_literal(template: str) -> str:
     return "".join(out)
 
 
-def test_escape_terraform_examples():
-    assert escape_terraform("${VAR} %{ if } $x 100%") == "$${VAR} %%{ if } $x 100%"
-    assert escape_terraform("no templates") == "no templates"
-    assert escape_terraform("$${already}") == "$$${already}"
+def test_escape_text_examples():
+    assert escape_text("${VAR} %{ if } $x 100%") == "$${VAR} %%{ if } $x 100%"
+    assert escape_text("no templates") == "no templates"
+    assert escape_text("$${already}") == "$$${already}"
 
 
 def test_escaped_user_data_reaches_the_node_unchanged():
     user_data = render_gpu_user_data(**ARGS)
     assert "${" in user_data  # the scripts do use ${...}: escaping matters
-    escaped = escape_terraform(user_data)
+    escaped = escape_text(user_data)
     assert _terraform_literal(escaped) == user_data
 
 
 # No deadline: microseconds of work, but a loaded CI machine can stall any one example.
 @settings(deadline=None)
 @given(st.text(alphabet="${}%ab\n", max_size=40))
-def test_escape_terraform_round_trips(text):
-    assert _terraform_literal(escape_terraform(text)) == text
+def test_escape_text_round_trips(text):
+    assert _terraform_literal(escape_text(text)) == text
