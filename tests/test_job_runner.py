@@ -900,16 +900,20 @@ def test_poison_job_reaches_the_dead_letter_queue(
     jr: ModuleType, jobs: Jobs, fakes: Callable[..., FakeComfyUI], processes: Any, tmp_path: Path
 ) -> None:
     """A job whose runner dies every time (say it takes the node down): after max receives
-    SQS moves it to the DLQ (the dead-letter Lambda then fails it: not tested here)."""
-    fake = fakes()
-    job_id = jobs.enqueue(fake.sample_prompt(steps=5, seed=15))
-    values = settings(jobs, fake.url, tmp_path, lease_seconds=1)
+    SQS moves it to the DLQ (the dead-letter Lambda then fails it: not tested here).
+
+    Each runner has a ComfyUI of its own (a pod: the runner dies with its ComfyUI), whose
+    generation (5 steps of 2 s) cannot end before the runner is killed: a job that finished
+    first would be deleted from the queue, not dead-lettered."""
+    job_id = jobs.enqueue(fakes().sample_prompt(steps=5, seed=15))
     for attempt in range(1, MAX_RECEIVES + 1):
-        runner = processes(values)
+        runner = processes(settings(jobs, fakes(step_delay=2).url, tmp_path, lease_seconds=1))
         runner.wait_for("claimed", job_id=job_id, timeout=10)
         runner.kill()
         assert jobs.item(job_id)[jr.jobs.ATTEMPTS] == attempt
-    last = processes(values)  # its receive moves the message: SQS counted MAX_RECEIVES receives
+        assert jobs.status(job_id) == jr.jobs.RUNNING
+    # Its receive moves the message: SQS counted MAX_RECEIVES receives.
+    last = processes(settings(jobs, fakes().url, tmp_path, lease_seconds=1))
     wait_until(lambda: jobs.messages(jobs.dlq_url)[0] == 1, 10, "message in the DLQ")
     body = jobs.sqs.receive_message(QueueUrl=jobs.dlq_url)["Messages"][0]["Body"]
     assert jr.jobs.parse_message(body)[0] == job_id
