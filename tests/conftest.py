@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import aws_cli
 from tests.helpers import tool
 
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
@@ -66,7 +67,8 @@ def moto_server():
 
 @pytest.fixture
 def aws_cli_env(moto_server, tmp_path):
-    """Environment for running the real `aws` CLI (and scripts using it) against moto."""
+    """Environment for running the real `aws` CLI (and scripts using it) against moto: the
+    project venv's AWS CLI v1 first on PATH."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(
         AWS_ACCESS_KEY_ID="testing",
@@ -80,6 +82,11 @@ def aws_cli_env(moto_server, tmp_path):
         no_proxy="127.0.0.1,localhost",
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     )
+    # The venv's `aws` (AWS CLI v1) through its fork server (tests/aws_cli.py), ahead of the venv.
+    v1 = Path(sys.executable).parent / "aws"
+    if v1.exists():
+        wrappers = aws_cli.install_wrapper(tmp_path / "aws-cli-v1", v1)
+        env["PATH"] = f"{wrappers}{os.pathsep}{env['PATH']}"
     return env
 
 

@@ -596,7 +596,7 @@ def test_build_and_push_stops_when_the_build_fails(cloud):
 
 def test_build_and_push_against_moto_with_the_real_aws_cli(stubs, aws_cli_env, tmp_path):
     """The ECR calls and error parsing, checked against the real AWS CLI (moto behind it)."""
-    aws = shutil.which("aws", path=str(Path(sys.executable).parent)) or tool("aws")
+    aws = shutil.which("aws", path=aws_cli_env["PATH"]) or tool("aws")  # AWS CLI v1, through its fork server
     env = {k: v for k, v in aws_cli_env.items() if k != "PATH"}
     (stubs.bin / "aws").symlink_to(aws)
     # The docker stub's push registers an image in (moto's) ECR, as a real push would.

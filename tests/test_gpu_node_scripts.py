@@ -44,6 +44,8 @@ import pytest
 
 from core import names, rules
 from modules.gpu_user_data import DEFAULT_CACHE_DEADLINE_SECONDS, render_gpu_user_data
+from tests import aws_cli
+from tests.aws_cli import AWS_V2
 from tests.helpers import REPO, require, tool
 
 SETUP = REPO / "modules" / "scripts" / "gpu-node-setup.sh"
@@ -441,8 +443,6 @@ def test_setup_refuses_a_deadline_that_is_not_whole_seconds(tmp_path, seconds):
 
 # --- the node's AWS CLI -----------------------------------------------------------------
 
-# Where Debian's (and CI's, apt-installed) AWS CLI v2 lives.
-AWS_V2 = Path("/usr/bin/aws")
 CLIS = ("v2", "v1")
 # The node's aws-config (written by gpu-node-setup.sh) with the transfer client as a parameter.
 NODE_AWS_CONFIG = "[default]\ns3 =\n    preferred_transfer_client = {client}\n"
@@ -466,7 +466,8 @@ def node_cli_env(
     PATH) for node scripts that run AWS CLI `kind`:
 
     - "v2": /usr/bin/aws through an `aws` wrapper first on PATH that adds --endpoint-url
-      (2.9 ignores AWS_ENDPOINT_URL), and the node's aws-config with `transfer_client`;
+      (2.9 ignores AWS_ENDPOINT_URL) and calls it through the fork server (tests/aws_cli.py),
+      and the node's aws-config with `transfer_client`;
     - "v1": the project venv's `aws` (already first on PATH).
     """
     env = dict(env)
@@ -475,11 +476,7 @@ def node_cli_env(
             AWS_V2.is_file() and _cli_version(str(AWS_V2)).startswith("aws-cli/2."),
             f"AWS CLI v2 (the GPU node's CLI) is not installed at {AWS_V2} (CI installs it with apt: awscli)",
         )
-        bin_dir = root / "aws-cli-v2"
-        bin_dir.mkdir(exist_ok=True)
-        wrapper = bin_dir / "aws"
-        wrapper.write_text(f'#!/bin/sh\nexec {AWS_V2} --endpoint-url "$AWS_ENDPOINT_URL" "$@"\n')
-        wrapper.chmod(0o755)
+        bin_dir = aws_cli.install_wrapper(root / "aws-cli-v2", AWS_V2, endpoint_from="AWS_ENDPOINT_URL")
         config = root / f"aws-config-{transfer_client}"
         config.write_text(NODE_AWS_CONFIG.format(client=transfer_client))
         env.update(PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", AWS_CONFIG_FILE=str(config))

@@ -1,0 +1,213 @@
+"""A fork server for the AWS CLI, so that each call in the tests costs a fork instead of the
+CLI's imports.
+
+Why: the node scripts are tested with the real AWS CLI v2 (Debian's package, what the GPU nodes
+run), and about 0.6 s of each of its ~130 calls in the suite is importing `awscli` and
+`botocore`, the same work every time. Here those imports happen once, in a server running under
+the CLI's own interpreter (the one its script's shebang names); each call is a fork of that
+server which runs the CLI's script as `__main__` (`runpy`), with the caller's arguments,
+environment, working directory and standard input, output and error (passed as descriptors
+over a Unix socket). The code that runs is the installed CLI's, unchanged; only the process
+that runs it was started earlier. `tests/test_gpu_node_scripts.py` checks that a call through
+the server and a plain call of the CLI give the same output and exit status.
+
+    server:  PYTHON aws_cli_forkserver.py serve SOCKET SCRIPT       (PYTHON: SCRIPT's interpreter)
+    call:    PYTHON -S aws_cli_forkserver.py call SOCKET [ARG ...]  (what a wrapper execs)
+
+A call behaves like the program as a process: it exits with the program's status, or dies of
+the signal the program died of; SIGTERM, SIGINT, SIGHUP and SIGQUIT sent to the caller reach the
+program; if the caller is killed outright (SIGKILL) the program is killed too.
+
+What a forked program cannot redo is what its interpreter and imports did with the environment
+at start-up; the server refuses to serve where that would differ:
+
+- the interpreter's start-up reads the locale and PYTHON* variables: a caller whose values differ
+  from the server's is refused (status 125, with a message);
+- of the CLI's imports, only `awscli/__init__.py` changes the environment: it sets AWS_DATA_PATH
+  to the caller's entries followed by its own data folder. The server checks at start-up that
+  this is the only change and applies the same rule to each caller's environment.
+
+Standard library only: the server runs under the system interpreter, the caller under any.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import importlib
+import json
+import os
+import runpy
+import select
+import signal
+import socket
+import struct
+import sys
+
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+_HEADER = struct.Struct("!I")  # the request's length; the request is JSON
+_STATUS = struct.Struct("!ii")  # (0, exit status) or (1, signal number)
+# What AWS CLI v2's package sets on import (awscli/__init__.py), from the caller's value.
+DATA_PATH = "AWS_DATA_PATH"
+
+
+def startup_environment(env: dict[str, str]) -> dict[str, str]:
+    """The variables an interpreter reads once, at start-up."""
+    return {k: v for k, v in env.items() if k in ("LANG", "LANGUAGE") or k.startswith(("LC_", "PYTHON"))}
+
+
+def _recv_exactly(conn: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = conn.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("the caller went away")
+        data += chunk
+    return data
+
+
+# --- the server ---------------------------------------------------------------------------------
+
+
+def serve(socket_path: str, script: str) -> None:
+    # As when the script runs as a program: its directory first on the path, not this file's.
+    sys.path[0] = os.path.dirname(os.path.abspath(script))
+    if DATA_PATH in os.environ:
+        sys.exit(f"aws_cli_forkserver: start the server without {DATA_PATH}")
+    before = dict(os.environ)
+    # Import what the script imports at its top level (everything but running it): the CLI's
+    # script is `import ...; def main(): ...; if __name__ == '__main__': sys.exit(main())`.
+    namespace = runpy.run_path(script, run_name="aws_cli_forkserver_warmup")
+    # The driver imports its built-in plugins on every call (awscli/plugin.py): import them too.
+    plugins = sys.modules["awscli.plugin"].BUILTIN_PLUGINS.values()
+    for module in plugins:
+        importlib.import_module(module)
+    del namespace
+    # Keep the imported objects out of every fork's garbage collections: a collection in a
+    # fork would otherwise visit (and so copy) every page the server's objects live on.
+    gc.freeze()
+    changed = {k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k)}
+    if changed != {DATA_PATH}:
+        sys.exit(f"aws_cli_forkserver: the CLI's imports changed {sorted(changed)}, not just {DATA_PATH}")
+    builtin_data = os.environ[DATA_PATH]
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(socket_path)
+    listener.listen(64)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # handlers are reaped by the kernel
+    print("ready", flush=True)
+    while True:
+        conn, _ = listener.accept()
+        if os.fork() == 0:
+            listener.close()
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            _handle(conn, script, startup_environment(before), builtin_data)  # never returns
+        conn.close()
+
+
+def _handle(conn: socket.socket, script: str, startup: dict[str, str], builtin_data: str) -> None:
+    """One call, in a fork of the server: fork the program, relay signals, report its end."""
+    try:
+        header, fds, _flags, _addr = socket.recv_fds(conn, _HEADER.size, 3)
+        if len(header) < _HEADER.size or len(fds) != 3:
+            os._exit(2)
+        request = json.loads(_recv_exactly(conn, _HEADER.unpack(header)[0]))
+    except (OSError, ValueError):
+        os._exit(2)
+    if startup_environment(request["env"]) != startup:
+        message = (
+            "aws_cli_forkserver: the caller's locale or PYTHON* variables differ from the server's "
+            f"({startup_environment(request['env'])} != {startup}): run the CLI itself\n"
+        )
+        os.write(fds[2], message.encode())
+        conn.sendall(_STATUS.pack(0, 125))
+        os._exit(0)
+    program = os.fork()
+    if program == 0:
+        conn.close()
+        _run(script, request, fds, builtin_data)  # never returns
+    for fd in fds:
+        os.close(fd)
+    ended = os.pidfd_open(program)
+    watching = [conn, ended]
+    while True:
+        readable, _, _ = select.select(watching, [], [])
+        if ended in readable:
+            _, status = os.waitpid(program, 0)
+            break
+        try:
+            data = conn.recv(64)
+        except OSError:
+            data = b""
+        if not data:  # the caller is gone (killed): so is the program
+            os.kill(program, signal.SIGKILL)
+            watching = [ended]
+        for signum in data:
+            os.kill(program, signum)
+    if os.WIFSIGNALED(status):
+        reply = _STATUS.pack(1, os.WTERMSIG(status))
+    else:
+        reply = _STATUS.pack(0, os.waitstatus_to_exitcode(status))
+    with contextlib.suppress(OSError):
+        conn.sendall(reply)
+    os._exit(0)
+
+
+def _run(script: str, request: dict, fds: list[int], builtin_data: str) -> None:
+    """The program: the caller's descriptors, directory, environment and arguments, then the
+    script as `__main__`. Its SystemExit (or exception) ends this process the way it ends the
+    CLI's own: the interpreter exits, running the program's atexit handlers."""
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    for signum in FORWARDED:
+        signal.signal(signum, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    # What awscli/__init__.py does on import, with the caller's environment.
+    entries = [os.path.expanduser(os.path.expandvars(p)) for p in os.environ.get(DATA_PATH, "").split(os.pathsep)]
+    os.environ[DATA_PATH] = os.pathsep.join([*(entries if DATA_PATH in os.environ else []), builtin_data])
+    sys.argv = [script, *request["argv"]]
+    runpy.run_path(script, run_name="__main__")
+    sys.exit(0)
+
+
+# --- the caller ---------------------------------------------------------------------------------
+
+
+def call(socket_path: str, argv: list[str]) -> None:
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.connect(socket_path)
+    request = json.dumps({"argv": argv, "env": dict(os.environ), "cwd": os.getcwd()}).encode()
+
+    def forward(signum: int, _frame: object) -> None:
+        with contextlib.suppress(OSError):
+            conn.send(bytes([signum]))
+
+    for signum in FORWARDED:
+        signal.signal(signum, forward)
+    socket.send_fds(conn, [_HEADER.pack(len(request))], [0, 1, 2])
+    conn.sendall(request)
+    try:
+        kind, value = _STATUS.unpack(_recv_exactly(conn, _STATUS.size))
+    except ConnectionError:
+        sys.exit(255)
+    if kind == 1:
+        signal.signal(value, signal.SIG_DFL)
+        os.kill(os.getpid(), value)
+        sys.exit(128 + value)
+    sys.exit(value)
+
+
+def main() -> None:
+    if len(sys.argv) >= 4 and sys.argv[1] == "serve":
+        serve(sys.argv[2], sys.argv[3])
+    elif len(sys.argv) >= 3 and sys.argv[1] == "call":
+        call(sys.argv[2], sys.argv[3:])
+    else:
+        sys.exit(f"usage: {sys.argv[0]} serve SOCKET SCRIPT | call SOCKET [ARG ...]")
+
+
+if __name__ == "__main__":
+    main()
