@@ -16,7 +16,9 @@ client of v2.9 ignores the endpoint's port and connects to port 80;
 test_sync_with_the_nodes_crt_transfer_client runs the node's exact configuration where this
 machine lets a test listen on 127.0.0.1:80, and shows that claim elsewhere. Where v2 is
 missing, these tests skip locally and fail under CI=true. The two main convergence tests also
-run with AWS CLI v1 (the project venv's `aws`, "v1"): a few seconds.
+run with AWS CLI v1 (the project venv's `aws`, "v1"): a few seconds. Both CLIs are called
+through a fork server that imports them once per test process (tests/aws_cli.py,
+tests/README.md).
 """
 
 from __future__ import annotations
