@@ -95,8 +95,17 @@ def serve(socket_path: str, script: str) -> None:
     listener.listen(64)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # handlers are reaped by the kernel
     print("ready", flush=True)
+    # A server whose parent (the test process) died without stopping it stops by itself.
+    parent = os.getppid()
+    listener.settimeout(2)
     while True:
-        conn, _ = listener.accept()
+        try:
+            conn, _ = listener.accept()
+        except TimeoutError:
+            if os.getppid() != parent:
+                sys.exit(0)
+            continue
+        conn.settimeout(None)
         if os.fork() == 0:
             listener.close()
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
