@@ -20,9 +20,10 @@ harness validates a transformed *copy* of each stack:
   the copy after their value was checked: a literal must look like what it is (a region), an
   expression moves into a `precondition` of the same block, where Terraform still validates it.
 
-Each copy is validated as the root module of its own directory, with a CLI configuration that
-installs providers only from the mirror (TF_CLI_CONFIG_FILE) and no network access; see
-:class:`Validator` for what makes that fast enough. Diagnostics are reported with the JSON path
+The copies are validated together as the modules of one root, and each as the root module of
+its own directory when that run finds an error (:meth:`Validator.validate` says why), with a
+CLI configuration that installs providers only from the mirror (TF_CLI_CONFIG_FILE) and no
+network access; see :class:`Validator` for what makes that fast enough. Diagnostics are reported with the JSON path
 of the synthesized stack they point at.
 """
 
@@ -742,11 +743,11 @@ class Validator:
     provider against the lock file; the harness runs it once, in a directory that requires
     every mirrored provider, and gives every stack directory a link to those installed
     providers and a copy of that lock file; `terraform get` (0.2 s) installs the module stubs.
-    What remains is `terraform validate` itself, about 3-4 s of CPU per stack, most of it
-    loading the aws provider schema; stacks are validated in a small thread pool (one
-    terraform per core) and identical copies (a stack that no variant changes) only once.
-    (Validating all stacks at once as child modules of one root is not equivalent: Terraform
-    1.11 did not report an invalid reference inside a child module's resource there.)
+    What remains is `terraform validate` itself: loading the aws provider schema is most of it
+    (about 3 s of CPU per run), so all stacks are validated as modules of one root, in one run,
+    and only when that run finds an error are they validated again each on its own (see
+    :meth:`validate` for why both). Identical copies (a stack no variant changes) are validated
+    once.
     """
 
     def __init__(self, toolchain: Toolchain, workdir: Path, workers: int | None = None):
@@ -823,24 +824,88 @@ class Validator:
         start = time.monotonic()
         directory, paths = self.workspace(prepared)
         result = self.terraform(["validate", "-json"], directory)
-        try:
-            raw = json.loads(result.stdout)
-        except json.JSONDecodeError as e:
-            raise TerraformError(f"terraform validate printed no JSON in {directory}:\n{result.stderr}") from e
+        raw = _validate_json(result, directory)
         diagnostics = parse_diagnostics(raw, prepared, paths)
         return Report(
             prepared.name, diagnostics, list(prepared.problems), time.monotonic() - start, directory=str(directory)
         )
 
+    def validate_together(self, stacks: list[PreparedStack]) -> list[Report]:
+        """Validate stacks as the child modules of one root (one terraform, one schema load).
+
+        Each stack's directory is a module of the root (`module "mNNN" { source = "./mNNN" }`):
+        Terraform validates every module of the configuration, and an error in one module does
+        not hide the others. A child's backend block is ignored with a warning. Diagnostics are
+        told apart by their file (`mNNN/cdk.tf.json`); one without a file goes to every stack.
+        """
+        start = time.monotonic()
+        installed = self.installed_providers()
+        root = self.workdir / "runs" / f"{next(self._counter):03d}-together"
+        members = {f"m{i:03d}": stack for i, stack in enumerate(stacks)}
+        paths = {name: write_stack(stack, root / name) for name, stack in members.items()}
+        modules = {name: {"source": f"./{name}"} for name in members}
+        (root / "main.tf.json").write_text(json.dumps({"module": modules}, indent=1))
+        (root / ".terraform").mkdir()
+        (root / ".terraform" / "providers").symlink_to(installed / ".terraform" / "providers")
+        shutil.copy(installed / ".terraform.lock.hcl", root / ".terraform.lock.hcl")
+        self._checked(["get"], root)
+        raw = _validate_json(self.terraform(["validate", "-json"], root), root)
+        mine: dict[str, list[dict]] = {name: [] for name in members}
+        for diag in raw.get("diagnostics", []):
+            filename = (diag.get("range") or {}).get("filename", "")
+            owner, _, rest = filename.partition("/")
+            if owner in mine and rest:
+                mine[owner].append({**diag, "range": {**diag["range"], "filename": rest}})
+            else:
+                for found in mine.values():
+                    found.append(diag)
+        seconds = time.monotonic() - start
+        return [
+            Report(
+                stack.name,
+                parse_diagnostics({"diagnostics": mine[name]}, stack, paths[name]),
+                list(stack.problems),
+                seconds,
+                directory=str(root / name),
+            )
+            for name, stack in members.items()
+        ]
+
+    def validate_apart(self, stacks: list[PreparedStack]) -> list[Report]:
+        """Validate each stack as the root module of its own directory, in a small thread pool."""
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            return list(pool.map(self.validate_one, stacks))
+
     def validate(self, stacks: Iterable[PreparedStack]) -> dict[str, Report]:
-        """Reports keyed by stack label; identical copies are validated once."""
+        """Reports keyed by stack label; identical copies are validated once.
+
+        All stacks are validated together first (one terraform). If that run reports no error,
+        its reports stand: no error means Terraform decoded every module and walked every block
+        (it skips only blocks downstream of an error). If it reports any error, every stack is
+        validated again on its own and those reports stand: an error Terraform finds while
+        decoding one module (a misspelt argument) stops the whole run before any module is
+        walked, so it would hide the other stacks' errors, and an error in one stack must not
+        be reported against another.
+        """
         stacks = list(stacks)
         unique: dict[str, PreparedStack] = {}
         for prepared in stacks:
             unique.setdefault(prepared.digest(), prepared)
-        with ThreadPoolExecutor(max_workers=self.workers) as pool:
-            reports = dict(zip(unique, pool.map(self.validate_one, unique.values()), strict=True))
+        together = self.validate_together(list(unique.values()))
+        if any(report.errors for report in together):
+            together = self.validate_apart(list(unique.values()))
+        reports = dict(zip(unique, together, strict=True))
         return {p.name: _relabel(reports[p.digest()], p) for p in stacks}
+
+
+def _validate_json(result: subprocess.CompletedProcess, directory: Path) -> dict:
+    try:
+        raw = json.loads(result.stdout)
+    except json.JSONDecodeError as e:
+        raise TerraformError(f"terraform validate printed no JSON in {directory}:\n{result.stderr}") from e
+    if not isinstance(raw, dict):
+        raise TerraformError(f"terraform validate printed {type(raw).__name__}, not an object, in {directory}")
+    return raw
 
 
 def _relabel(report: Report, prepared: PreparedStack) -> Report:

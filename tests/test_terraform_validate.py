@@ -17,6 +17,7 @@ import copy
 import json
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -463,10 +464,17 @@ class Validated:
     controls: dict[str, tuple[Report, str]]  # control letter -> (report, path of its planted error)
 
 
+def _prepare_control(c: Control, synth, mirror: Mirror) -> PreparedStack:
+    stack_dir = synth.paths[c.stack_name].parent
+    return prepare_stack(c.label, c.stack, mirror=mirror, interfaces=INTERFACES, stack_dir=stack_dir)
+
+
 @pytest.fixture(scope="session")
 def validated(synth, synth_variants, validator) -> Validated:
-    """Every stack of every variant, and the control copies, validated in one batch (so both
-    cores stay busy to the end)."""
+    """Every stack of every variant (validated together: one terraform run), and the control
+    copies: those whose error Terraform finds while walking the configuration together too
+    (which shows such errors are reported from a module of a common root), the one whose error
+    it finds while decoding (b) on its own."""
     mirror = validator.toolchain.mirror
     stacks = [
         prepared
@@ -474,21 +482,24 @@ def validated(synth, synth_variants, validator) -> Validated:
         for prepared in prepare_synth(variant, variant_synth, mirror=mirror, interfaces=INTERFACES)
     ]
     controls = _controls(synth)
-    for c in controls:
-        stack_dir = synth.paths[c.stack_name].parent
-        stacks.append(prepare_stack(c.label, c.stack, mirror=mirror, interfaces=INTERFACES, stack_dir=stack_dir))
+    walked = [c for c in controls if c.letter != DECODING_CONTROL]
+    decoded = [c for c in controls if c.letter == DECODING_CONTROL]
     start = time.monotonic()
-    reports = validator.validate(stacks)
+    with ThreadPoolExecutor(max_workers=3) as pool:  # three terraform runs, independent
+        stacks_run = pool.submit(validator.validate, stacks)
+        walked_run = pool.submit(validator.validate_together, [_prepare_control(c, synth, mirror) for c in walked])
+        decoded_run = pool.submit(validator.validate_apart, [_prepare_control(c, synth, mirror) for c in decoded])
+        reports, walked_reports, decoded_reports = stacks_run.result(), walked_run.result(), decoded_run.result()
     print(f"\nterraform validate: {len(reports)} copies in {time.monotonic() - start:.1f} s", file=sys.stderr)
     for label, report in reports.items():
-        print(
-            f"  {label}: {f'same as {report.same_as}' if report.same_as else f'{report.seconds:.1f} s'}",
-            file=sys.stderr,
-        )
-    control_labels = {c.label for c in controls}
+        where = f"same as {report.same_as}" if report.same_as else report.directory
+        print(f"  {label}: {where}", file=sys.stderr)
     return Validated(
-        stacks={label: r for label, r in reports.items() if label not in control_labels},
-        controls={c.letter: (reports[c.label], c.path) for c in controls},
+        stacks=reports,
+        controls={
+            c.letter: (report, c.path)
+            for c, report in zip(walked + decoded, walked_reports + decoded_reports, strict=True)
+        },
     )
 
 
@@ -579,6 +590,33 @@ def _aws_resource_types(stack: dict) -> list[str]:
 
 def _controls(synth) -> list[Control]:
     return [_control_a(synth), _control_b(synth), _control_c(synth), _control_d(synth), _control_e(synth)]
+
+
+# The control whose error Terraform reports while decoding the configuration (an argument the
+# module does not have), before it walks any block: in a common root it would hide the others.
+DECODING_CONTROL = "b"
+
+
+def test_every_stack_was_validated_in_one_run(validated):
+    """The stacks pass, so the together run stood: all of them in one directory."""
+    roots = {Path(r.directory).parent for r in validated.stacks.values()}
+    assert len(roots) == 1 and next(iter(roots)).name.endswith("-together"), roots
+
+
+def test_a_decoding_error_makes_every_stack_validate_on_its_own(synth, validator):
+    """A clean stack and control b validated together: b's decoding error stops that run before
+    any block is walked, so `validate` validates each again on its own; b's error is reported
+    against b only, and the clean stack passes."""
+    mirror = validator.toolchain.mirror
+    (b,) = (c for c in _controls(synth) if c.letter == DECODING_CONTROL)
+    clean = next(iter(prepare_synth("fallback", synth, mirror=mirror, interfaces=INTERFACES)))
+    reports = validator.validate([clean, _prepare_control(b, synth, mirror)])
+    bad = reports[b.label]
+    assert any(d.path == b.path and d.summary == "Extraneous JSON object property" for d in bad.errors), (
+        bad.failure_message()
+    )
+    assert reports[clean.name].ok, reports[clean.name].failure_message()
+    assert not any(Path(r.directory).parent.name.endswith("-together") for r in reports.values())
 
 
 def _reported(validated: Validated, letter: str, summary: str) -> Diagnostic:
