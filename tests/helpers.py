@@ -7,6 +7,7 @@ import re
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,6 +30,19 @@ def tool(name: str) -> str:
     found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
     require(found is not None, f"{name} is not installed (scripts/test.sh installs it)")
     return str(found)
+
+
+def moto_client(service: str, endpoint: str, *, region: str = "us-west-2") -> Any:
+    """A boto3 client of the session's moto server (the `moto_server` fixture's URL)."""
+    import boto3
+
+    return boto3.client(
+        service,
+        endpoint_url=endpoint,
+        region_name=region,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
 
 
 def go_duration_seconds(duration: str) -> int:

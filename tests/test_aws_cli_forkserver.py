@@ -13,11 +13,10 @@ import time
 import uuid
 from pathlib import Path
 
-import boto3
 import pytest
 
 from tests import aws_cli
-from tests.helpers import require
+from tests.helpers import moto_client, require
 
 V1 = Path(sys.executable).parent / "aws"
 CLIS = {"v2": aws_cli.AWS_V2, "v1": V1}
@@ -39,13 +38,7 @@ def clis(request, aws_cli_env, tmp_path, monkeypatch) -> tuple[dict[str, str], P
 @pytest.fixture
 def bucket(moto_server) -> str:
     name = f"forkserver-{uuid.uuid4().hex[:16]}"
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=moto_server,
-        region_name="us-west-2",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    s3 = moto_client("s3", moto_server)
     s3.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": "us-west-2"})
     s3.put_object(Bucket=name, Key="models/sd 1.5+x.safetensors", Body=b"weights")
     return name

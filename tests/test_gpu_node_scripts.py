@@ -41,14 +41,13 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import boto3
 import pytest
 
 from core import names, rules
 from modules.gpu_user_data import DEFAULT_CACHE_DEADLINE_SECONDS, render_gpu_user_data
 from tests import aws_cli
 from tests.aws_cli import AWS_V2
-from tests.helpers import REPO, require, tool
+from tests.helpers import REPO, moto_client, require, tool
 
 SETUP = REPO / "modules" / "scripts" / "gpu-node-setup.sh"
 SYNC = REPO / "modules" / "scripts" / "model-cache-sync.sh"
@@ -518,13 +517,7 @@ SPECIAL_KEYS = {
 
 @pytest.fixture
 def s3(moto_server):
-    return boto3.client(
-        "s3",
-        endpoint_url=moto_server,
-        region_name="us-west-2",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    return moto_client("s3", moto_server)
 
 
 @pytest.fixture
@@ -1249,13 +1242,7 @@ class Deadline:
 
 def _deadline_metrics(moto_server: str, cluster: str) -> tuple[list[dict], float]:
     """The deadline metrics of `cluster` in moto, and the sum of their values."""
-    cloudwatch = boto3.client(
-        "cloudwatch",
-        endpoint_url=moto_server,
-        region_name="us-west-2",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    cloudwatch = moto_client("cloudwatch", moto_server)
     dimensions = [{"Name": names.METRIC_CLUSTER_DIMENSION, "Value": cluster}]
     metrics = cloudwatch.list_metrics(
         Namespace=names.METRICS_NAMESPACE, MetricName=names.CACHE_DEADLINE_METRIC, Dimensions=dimensions

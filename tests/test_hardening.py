@@ -20,7 +20,7 @@ from core.config import ConfigError, parse_config
 from modules.network import INTERNAL_ELB_TAG, PUBLIC_ELB_TAG, subnet_plan
 from stacks.app import warnings_for
 from tests.conftest import variant_config
-from tests.helpers import REPO, tool
+from tests.helpers import REPO, moto_client, tool
 from tests.k8s import terraform_literal
 
 GUARD = REPO / "modules" / "hooks" / "require-empty-bucket.sh"
@@ -133,16 +133,7 @@ def test_platform_depends_on_the_state_stack(synth):
 
 @pytest.fixture
 def s3(aws_cli_env):
-    import boto3
-
-    client = boto3.client(
-        "s3",
-        endpoint_url=aws_cli_env["AWS_ENDPOINT_URL"],
-        region_name="us-west-2",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-    return client
+    return moto_client("s3", aws_cli_env["AWS_ENDPOINT_URL"])
 
 
 def _guard(env: dict, bucket: str) -> subprocess.CompletedProcess:
