@@ -63,6 +63,7 @@ import contract as c  # noqa: E402
 from boto3.dynamodb.types import TypeDeserializer  # noqa: E402
 
 from tests.fake_comfyui import FakeComfyUI  # noqa: E402
+from tests.helpers import create_jobs_table  # noqa: E402
 
 REGION = "us-west-2"
 PROGRAMS = {
@@ -174,26 +175,7 @@ class Bench:
         self.ddb, self.sqs, self.s3 = boto3.client("dynamodb"), boto3.client("sqs"), boto3.client("s3")
         suffix = uuid.uuid4().hex[:8]
         self.table = f"bench-jobs-{suffix}"
-        self.ddb.create_table(
-            TableName=self.table,
-            KeySchema=[{"AttributeName": c.JOB_ID, "KeyType": "HASH"}],
-            AttributeDefinitions=[
-                {"AttributeName": c.JOB_ID, "AttributeType": "S"},
-                {"AttributeName": c.STATUS, "AttributeType": "S"},
-                {"AttributeName": c.CREATED_AT, "AttributeType": "N"},
-            ],
-            GlobalSecondaryIndexes=[
-                {
-                    "IndexName": c.STATUS_INDEX,
-                    "KeySchema": [
-                        {"AttributeName": c.STATUS, "KeyType": "HASH"},
-                        {"AttributeName": c.CREATED_AT, "KeyType": "RANGE"},
-                    ],
-                    "Projection": {"ProjectionType": "ALL"},
-                }
-            ],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        create_jobs_table(self.ddb, self.table)
         self.dlq = self.sqs.create_queue(QueueName=f"bench-dlq-{suffix}")["QueueUrl"]
         dlq_arn = self.sqs.get_queue_attributes(QueueUrl=self.dlq, AttributeNames=["QueueArn"])["Attributes"][
             "QueueArn"

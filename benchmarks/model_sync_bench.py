@@ -40,9 +40,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+# The SSM document comes from the construct module, which loads the jsii runtime (as main.py does).
+os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 
 from core import names, rules  # noqa: E402
 from lambda_src.model_sync import handler  # noqa: E402
+from modules.model_sync import ssm_document_content  # noqa: E402
+from tests.helpers import lambda_event_from_sqs  # noqa: E402
 
 SCRIPT = REPO / "modules" / "scripts" / "model-cache-sync.sh"
 REGION = "us-west-2"
@@ -178,27 +182,9 @@ class Bench:
                 ]
             },
         )
+        # The document the platform stack deploys (its effect on a node is acted out here).
         self.ssm.create_document(
-            Name=self.document,
-            DocumentType="Command",
-            Content=json.dumps(
-                {
-                    "schemaVersion": "2.2",
-                    "description": "bench",
-                    "mainSteps": [
-                        {
-                            "action": "aws:runShellScript",
-                            "name": "request",
-                            "inputs": {
-                                "runCommand": [
-                                    f"touch {names.SYNC_REQUEST_FLAG}",
-                                    f"systemctl start --no-block {names.SYNC_SERVICE_NAME}",
-                                ]
-                            },
-                        }
-                    ],
-                }
-            ),
+            Name=self.document, DocumentType="Command", DocumentFormat="JSON", Content=ssm_document_content()
         )
         tags = [
             {"Key": names.NODE_CLUSTER_TAG_KEY, "Value": self.cluster},
@@ -224,22 +210,7 @@ class Bench:
         return messages
 
     def lambda_event(self, messages: list[dict]) -> dict:
-        return {
-            "Records": [
-                {
-                    "messageId": m["MessageId"],
-                    "receiptHandle": m["ReceiptHandle"],
-                    "body": m["Body"],
-                    "attributes": {},
-                    "messageAttributes": {},
-                    "md5OfBody": m["MD5OfBody"],
-                    "eventSource": "aws:sqs",
-                    "eventSourceARN": self.queue_arn,
-                    "awsRegion": REGION,
-                }
-                for m in messages
-            ]
-        }
+        return lambda_event_from_sqs(messages, self.queue_arn, region=REGION)
 
     def node_env(self, node: Node) -> dict[str, str]:
         return {

@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from lambda_src.jobs import contract as jobs_contract
+
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "tests" / "data"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -42,6 +44,52 @@ def moto_client(service: str, endpoint: str, *, region: str = "us-west-2") -> An
         region_name=region,
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
+    )
+
+
+def lambda_event_from_sqs(messages: list[dict], queue_arn: str, *, region: str = "us-west-2") -> dict:
+    """The event Lambda's SQS event source mapping builds from received messages."""
+    return {
+        "Records": [
+            {
+                "messageId": m["MessageId"],
+                "receiptHandle": m["ReceiptHandle"],
+                "body": m["Body"],
+                "attributes": m.get("Attributes", {}),
+                "messageAttributes": {},
+                "md5OfBody": m["MD5OfBody"],
+                "eventSource": "aws:sqs",
+                "eventSourceARN": queue_arn,
+                "awsRegion": region,
+            }
+            for m in messages
+        ]
+    }
+
+
+def create_jobs_table(ddb: Any, name: str) -> None:
+    """The table as the infrastructure defines it: key job_id, STATUS_INDEX (status,
+    created_at) projecting all attributes, a stream with both images."""
+    ddb.create_table(
+        TableName=name,
+        BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[
+            {"AttributeName": jobs_contract.JOB_ID, "AttributeType": "S"},
+            {"AttributeName": jobs_contract.STATUS, "AttributeType": "S"},
+            {"AttributeName": jobs_contract.CREATED_AT, "AttributeType": "N"},
+        ],
+        KeySchema=[{"AttributeName": jobs_contract.JOB_ID, "KeyType": "HASH"}],
+        GlobalSecondaryIndexes=[
+            {
+                "IndexName": jobs_contract.STATUS_INDEX,
+                "KeySchema": [
+                    {"AttributeName": jobs_contract.STATUS, "KeyType": "HASH"},
+                    {"AttributeName": jobs_contract.CREATED_AT, "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "ALL"},
+            }
+        ],
+        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
     )
 
 

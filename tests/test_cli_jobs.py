@@ -46,8 +46,8 @@ from comfyui_eks import cli, jobs
 from comfyui_eks._sigv4 import NO_CREDENTIALS, Signer
 from core.config import DEFAULT_CONFIG
 from lambda_src.jobs import api, aws, contract, listing, validation
+from tests.helpers import create_jobs_table
 from tests.test_jobs_api import LambdaContext
-from tests.test_jobs_contract import create_jobs_table
 
 Json = dict[str, Any]
 REGION = "us-west-2"

@@ -32,7 +32,7 @@ import requests
 from boto3.dynamodb.types import TypeDeserializer
 
 from tests.fake_comfyui import FakeComfyUI, png_bytes
-from tests.helpers import REPO
+from tests.helpers import REPO, create_jobs_table
 
 REGION = "us-west-2"
 LEASE = 3  # seconds: renewed every second in the tests
@@ -97,26 +97,7 @@ class Jobs:
         self.sqs = boto3.client("sqs")
         self.s3 = boto3.client("s3")
         self.table = f"jobs-{suffix}"
-        self.ddb.create_table(
-            TableName=self.table,
-            KeySchema=[{"AttributeName": contract.JOB_ID, "KeyType": "HASH"}],
-            AttributeDefinitions=[
-                {"AttributeName": contract.JOB_ID, "AttributeType": "S"},
-                {"AttributeName": contract.STATUS, "AttributeType": "S"},
-                {"AttributeName": contract.CREATED_AT, "AttributeType": "N"},
-            ],
-            GlobalSecondaryIndexes=[
-                {
-                    "IndexName": contract.STATUS_INDEX,
-                    "KeySchema": [
-                        {"AttributeName": contract.STATUS, "KeyType": "HASH"},
-                        {"AttributeName": contract.CREATED_AT, "KeyType": "RANGE"},
-                    ],
-                    "Projection": {"ProjectionType": "ALL"},
-                }
-            ],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        create_jobs_table(self.ddb, self.table)
         self.dlq_url = self.sqs.create_queue(QueueName=f"jobs-dlq-{suffix}")["QueueUrl"]
         dlq_arn = self.sqs.get_queue_attributes(QueueUrl=self.dlq_url, AttributeNames=["QueueArn"])["Attributes"][
             "QueueArn"

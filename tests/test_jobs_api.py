@@ -42,8 +42,7 @@ from hypothesis import strategies as st
 from moto import mock_aws
 
 from lambda_src.jobs import api, aws, contract, dead_letters, listing, signature, store, validation, views, webhooks
-from tests.helpers import REPO
-from tests.test_jobs_contract import create_jobs_table
+from tests.helpers import REPO, create_jobs_table
 
 REGION = "us-west-2"
 ACCOUNT = "123456789012"

@@ -20,37 +20,12 @@ from hypothesis import strategies as st
 from moto import mock_aws
 
 from lambda_src.jobs import contract
+from tests.helpers import create_jobs_table
 
 REGION = "us-west-2"
 TABLE = "comfy-jobs"
 T0 = 1_700_000_000
 LEASE = contract.LEASE_SECONDS
-
-
-def create_jobs_table(ddb: Any, name: str = TABLE) -> None:
-    """The table as the infrastructure defines it: key job_id, STATUS_INDEX (status,
-    created_at) projecting all attributes, a stream with both images."""
-    ddb.create_table(
-        TableName=name,
-        BillingMode="PAY_PER_REQUEST",
-        AttributeDefinitions=[
-            {"AttributeName": contract.JOB_ID, "AttributeType": "S"},
-            {"AttributeName": contract.STATUS, "AttributeType": "S"},
-            {"AttributeName": contract.CREATED_AT, "AttributeType": "N"},
-        ],
-        KeySchema=[{"AttributeName": contract.JOB_ID, "KeyType": "HASH"}],
-        GlobalSecondaryIndexes=[
-            {
-                "IndexName": contract.STATUS_INDEX,
-                "KeySchema": [
-                    {"AttributeName": contract.STATUS, "KeyType": "HASH"},
-                    {"AttributeName": contract.CREATED_AT, "KeyType": "RANGE"},
-                ],
-                "Projection": {"ProjectionType": "ALL"},
-            }
-        ],
-        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
-    )
 
 
 def queued_item(job_id: str, created_at: int = T0, **extra: dict[str, Any]) -> dict[str, Any]:
@@ -82,7 +57,7 @@ def ddb(tmp_path_factory):
         patch.setenv("AWS_DEFAULT_REGION", REGION)
         with mock_aws():
             client = boto3.client("dynamodb", region_name=REGION)
-            create_jobs_table(client)
+            create_jobs_table(client, TABLE)
             yield client
 
 

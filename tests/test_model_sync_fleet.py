@@ -40,7 +40,8 @@ from hypothesis import strategies as st
 
 from core import names, rules
 from lambda_src.model_sync import handler
-from tests.helpers import REPO, require
+from modules.model_sync import ssm_document_content
+from tests.helpers import REPO, lambda_event_from_sqs, require
 from tests.test_gpu_node_scripts import node_cli_env
 
 SCRIPT = REPO / "modules" / "scripts" / "model-cache-sync.sh"
@@ -233,27 +234,9 @@ class Fleet:
                 ]
             },
         )
+        # The document the platform stack deploys (the test acts out its effect on a node).
         self.ssm.create_document(
-            Name=self.document,
-            DocumentType="Command",
-            Content=json.dumps(
-                {
-                    "schemaVersion": "2.2",
-                    "description": "model sync request",
-                    "mainSteps": [
-                        {
-                            "action": "aws:runShellScript",
-                            "name": "request",
-                            "inputs": {
-                                "runCommand": [
-                                    f"touch {names.SYNC_REQUEST_FLAG}",
-                                    f"systemctl start --no-block {names.SYNC_SERVICE_NAME}",
-                                ]
-                            },
-                        }
-                    ],
-                }
-            ),
+            Name=self.document, DocumentType="Command", DocumentFormat="JSON", Content=ssm_document_content()
         )
         for key, value in {
             names.ENV_CLUSTER_NAME: self.cluster,
@@ -327,22 +310,7 @@ class Fleet:
         messages = []
         while batch := self.sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10).get("Messages"):
             messages.extend(batch)
-        event = {
-            "Records": [
-                {
-                    "messageId": m["MessageId"],
-                    "receiptHandle": m["ReceiptHandle"],
-                    "body": m["Body"],
-                    "attributes": {},
-                    "messageAttributes": {},
-                    "md5OfBody": m["MD5OfBody"],
-                    "eventSource": "aws:sqs",
-                    "eventSourceARN": self.queue_arn,
-                    "awsRegion": REGION,
-                }
-                for m in messages
-            ]
-        }
+        event = lambda_event_from_sqs(messages, self.queue_arn, region=REGION)
         summary = handler.handler(event, None)
         for i in range(0, len(messages), 10):  # the event source mapping deletes a successful batch
             self.sqs.delete_message_batch(

@@ -33,7 +33,7 @@ from moto import mock_aws
 
 from core import names, rules
 from lambda_src.model_sync import handler, logic
-from tests.helpers import REPO
+from tests.helpers import REPO, lambda_event_from_sqs
 
 REGION = "us-west-2"
 CLUSTER = "comfy-a"
@@ -767,26 +767,6 @@ def receive_all(sqs, queue_url: str) -> list[dict]:
         messages.extend(batch)
 
 
-def lambda_event_from_sqs(messages: list[dict], queue_arn: str) -> dict:
-    """The event Lambda's SQS event source mapping builds from received messages."""
-    return {
-        "Records": [
-            {
-                "messageId": m["MessageId"],
-                "receiptHandle": m["ReceiptHandle"],
-                "body": m["Body"],
-                "attributes": m.get("Attributes", {}),
-                "messageAttributes": {},
-                "md5OfBody": m["MD5OfBody"],
-                "eventSource": "aws:sqs",
-                "eventSourceARN": queue_arn,
-                "awsRegion": REGION,
-            }
-            for m in messages
-        ]
-    }
-
-
 def models_bucket_with_queue(bucket: str) -> tuple[str, str]:
     s3 = boto3.client("s3", region_name=REGION)
     sqs = boto3.client("sqs", region_name=REGION)
@@ -822,7 +802,7 @@ def test_records_of_other_buckets_are_ignored_and_counted(aws, monkeypatch, capl
     caplog.set_level(logging.INFO)
 
     messages = receive_all(boto3.client("sqs", region_name=REGION), queue_url)
-    out = handler.handler(lambda_event_from_sqs(messages, queue_arn), None)
+    out = handler.handler(lambda_event_from_sqs(messages, queue_arn, region=REGION), None)
     assert out["changes"] == 3 and out["other_bucket"] == 3
     assert out["relevant"] == 0 and out["command_id"] is None and out["nodes"] is None
     assert list_commands() == []
@@ -832,7 +812,7 @@ def test_records_of_other_buckets_are_ignored_and_counted(aws, monkeypatch, capl
     s3.put_object(Bucket="someone-elses", Key="checkpoints/evil2.safetensors", Body=b"x")
     s3.put_object(Bucket="models-mine", Key="checkpoints/real.safetensors", Body=b"x")
     messages = receive_all(boto3.client("sqs", region_name=REGION), queue_url)
-    out = handler.handler(lambda_event_from_sqs(messages, queue_arn), None)
+    out = handler.handler(lambda_event_from_sqs(messages, queue_arn, region=REGION), None)
     assert out["other_bucket"] == 1 and out["relevant"] == 1 and out["command_id"]
     assert len(list_commands()) == 1
 
@@ -867,7 +847,7 @@ def test_real_burst_of_uploads_is_one_command(aws, monkeypatch):
     assert sum(b.get("Event") == "s3:TestEvent" for b in bodies) == 1  # moto sends one on configuration
     assert len(messages) == 1 + 50 + 1 + 1
 
-    out = handler.handler(lambda_event_from_sqs(messages, queue_arn), None)
+    out = handler.handler(lambda_event_from_sqs(messages, queue_arn, region=REGION), None)
     assert out["records"] == 53 and out["changes"] == 52 and out["skipped"] == 0
     assert out["relevant"] == 51  # 50 puts + 1 delete; notes/ ignored
     [command] = list_commands()
