@@ -8,6 +8,7 @@ Terraform with a configuration that `python main.py` would refuse.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -64,6 +65,20 @@ def default_outdir() -> Path:
     """Where main.py writes too, so `python main.py` and the CLI share one cdktf.out/ (and the
     state stack's local state file next to it)."""
     return Path(os.environ.get(OUTDIR_ENV, DEFAULT_OUTDIR))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """--config and --outdir, for the commands that work on the synthesized stacks."""
+    parser.add_argument(
+        "--config", metavar="FILE", help="YAML configuration (default: $COMFYUI_EKS_CONFIG or config/default.yaml)"
+    )
+    parser.add_argument(
+        "--outdir",
+        type=Path,
+        default=default_outdir(),
+        metavar="DIR",
+        help="synthesis output (default: cdktf.out)",
+    )
 
 
 def load(path: str | None) -> Config:

@@ -66,16 +66,7 @@ def register(subparsers: Any, name: str) -> argparse.ArgumentParser:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config", metavar="FILE", help="YAML configuration (default: $COMFYUI_EKS_CONFIG or config/default.yaml)"
-    )
-    parser.add_argument(
-        "--outdir",
-        type=Path,
-        default=_stacks.default_outdir(),
-        metavar="DIR",
-        help="synthesis output (default: cdktf.out)",
-    )
+    _stacks.add_arguments(parser)
     parser.add_argument("--yes", action="store_true", help="do not ask (required when stdin is not a terminal)")
     parser.add_argument("--format", choices=("text", "json"), default="text", help="result format on stdout (text)")
 

@@ -65,16 +65,7 @@ def register(subparsers: Any, name: str) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         name, help=help_text, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--config", metavar="FILE", help="YAML configuration (default: $COMFYUI_EKS_CONFIG or config/default.yaml)"
-    )
-    parser.add_argument(
-        "--outdir",
-        type=Path,
-        default=_stacks.default_outdir(),
-        metavar="DIR",
-        help="synthesis output (default: cdktf.out)",
-    )
+    _stacks.add_arguments(parser)
     parser.add_argument("--format", choices=("text", "json"), default="text", help="output format (text)")
     parser.set_defaults(func=run_outputs if name == "outputs" else run_status)
     return parser
