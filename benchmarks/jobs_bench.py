@@ -38,7 +38,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -63,7 +62,7 @@ import contract as c  # noqa: E402
 from boto3.dynamodb.types import TypeDeserializer  # noqa: E402
 
 from tests.fake_comfyui import FakeComfyUI  # noqa: E402
-from tests.helpers import create_jobs_table  # noqa: E402
+from tests.helpers import create_jobs_table, start_moto_server  # noqa: E402
 
 REGION = "us-west-2"
 PROGRAMS = {
@@ -74,32 +73,14 @@ PROGRAMS = {
 STEPS = 20  # sampler steps per job: the fake's step delay is generation / STEPS
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_moto() -> tuple[subprocess.Popen[bytes], str]:
     server = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or shutil.which("moto_server")
     if not server:
         sys.exit("moto_server not found (install the dev dependencies: moto[server])")
-    port = free_port()
-    proc = subprocess.Popen(
-        [server, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    url = f"http://127.0.0.1:{port}"
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            opener.open(url + "/moto-api/", timeout=1).read()
-            return proc, url
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                sys.exit("moto_server did not start")
-            time.sleep(0.1)
+    try:
+        return start_moto_server(server)
+    except RuntimeError as exc:
+        sys.exit(str(exc))
 
 
 def epoch(stamp: str) -> float:

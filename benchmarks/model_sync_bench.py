@@ -27,12 +27,10 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -46,7 +44,7 @@ os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 from core import names, rules  # noqa: E402
 from lambda_src.model_sync import handler  # noqa: E402
 from modules.model_sync import ssm_document_content  # noqa: E402
-from tests.helpers import lambda_event_from_sqs  # noqa: E402
+from tests.helpers import lambda_event_from_sqs, start_moto_server  # noqa: E402
 
 SCRIPT = REPO / "modules" / "scripts" / "model-cache-sync.sh"
 REGION = "us-west-2"
@@ -60,28 +58,11 @@ def tool(name: str) -> str:
     return found
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_moto() -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [tool("moto_server"), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            urllib.request.urlopen(url + "/moto-api/", timeout=1).read()
-            return proc, url
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                sys.exit("moto_server did not start")
-            time.sleep(0.1)
+def start_moto() -> tuple[subprocess.Popen[bytes], str]:
+    try:
+        return start_moto_server(tool("moto_server"))
+    except RuntimeError as exc:
+        sys.exit(str(exc))
 
 
 @dataclass

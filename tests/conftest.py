@@ -4,25 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests import aws_cli
-from tests.helpers import tool
+from tests.helpers import start_moto_server, tool
 
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -31,33 +21,7 @@ def moto_server():
 
     The server is shared by the whole session: tests must use unique bucket names.
     """
-    server = tool("moto_server")
-    # Straight to 127.0.0.1, whatever proxy the runner sets.
-    no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    for _attempt in range(3):
-        # The port is free when chosen but bound later by another process: if something
-        # takes it in between, moto exits at once and a fresh port is tried.
-        port = _free_port()
-        proc = subprocess.Popen(
-            [server, "-H", "127.0.0.1", "-p", str(port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
-        while proc.poll() is None and time.monotonic() < deadline:
-            try:
-                no_proxy.open(url + "/moto-api/", timeout=1).read()
-                break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            proc.kill()
-            proc.wait(timeout=10)
-            continue
-        break
-    else:
-        raise RuntimeError("moto_server did not start (3 attempts)")
+    proc, url = start_moto_server(tool("moto_server"))
     try:
         yield url
     finally:

@@ -5,7 +5,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
+import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +95,38 @@ def create_jobs_table(ddb: Any, name: str) -> None:
         ],
         StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
     )
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (another process may take it before it is bound)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_moto_server(server: str, *, attempts: int = 3) -> tuple[subprocess.Popen[bytes], str]:
+    """`server` (moto_server) on 127.0.0.1, answering: (its process, its endpoint URL).
+
+    The port is free when chosen but bound later: if another process takes it in between,
+    moto exits at once and a fresh port is tried. Raises RuntimeError after `attempts`."""
+    # Straight to 127.0.0.1, whatever proxy the caller's environment sets.
+    no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    for _attempt in range(attempts):
+        port = free_port()
+        proc = subprocess.Popen(
+            [server, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                no_proxy.open(url + "/moto-api/", timeout=1).read()
+                return proc, url
+            except OSError:
+                time.sleep(0.1)
+        proc.kill()
+        proc.wait(timeout=10)
+    raise RuntimeError(f"moto_server did not start ({attempts} attempts)")
 
 
 def go_duration_seconds(duration: str) -> int:
