@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +128,21 @@ def start_moto_server(server: str, *, attempts: int = 3) -> tuple[subprocess.Pop
         proc.kill()
         proc.wait(timeout=10)
     raise RuntimeError(f"moto_server did not start ({attempts} attempts)")
+
+
+def new_job_item(**values: Any) -> dict[str, Any]:
+    """A job item as POST /jobs writes it (queued, a fresh id), with `values` on top: any state."""
+    now = jobs_contract.now()
+    return {
+        jobs_contract.JOB_ID: uuid.uuid4().hex,
+        jobs_contract.STATUS: jobs_contract.QUEUED,
+        jobs_contract.CREATED_AT: now,
+        jobs_contract.UPDATED_AT: now,
+        jobs_contract.EXPIRES_AT: now + 86400,
+        jobs_contract.ATTEMPTS: 0,
+        jobs_contract.INPUTS: {},
+        **values,
+    }
 
 
 def go_duration_seconds(duration: str) -> int:

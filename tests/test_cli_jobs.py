@@ -46,7 +46,7 @@ from comfyui_eks import cli, jobs
 from comfyui_eks._sigv4 import NO_CREDENTIALS, Signer
 from core.config import DEFAULT_CONFIG
 from lambda_src.jobs import api, aws, contract, listing, validation
-from tests.helpers import create_jobs_table
+from tests.helpers import create_jobs_table, new_job_item
 from tests.test_jobs_api import LambdaContext
 
 Json = dict[str, Any]
@@ -482,17 +482,7 @@ def update(cloud: Cloud, job_id: str, change: Json, table: str = TABLE) -> None:
 
 def put_job(cloud: Cloud, values: Json | None = None, table: str = TABLE) -> str:
     """A job item in any state, written directly (as POST /jobs or a runner left it)."""
-    now = contract.now()
-    item = {
-        contract.JOB_ID: uuid.uuid4().hex,
-        contract.STATUS: contract.QUEUED,
-        contract.CREATED_AT: now,
-        contract.UPDATED_AT: now,
-        contract.EXPIRES_AT: now + 86400,
-        contract.ATTEMPTS: 0,
-        contract.INPUTS: {},
-        **(values or {}),
-    }
+    item = new_job_item(**(values or {}))
     cloud.ddb.put_item(TableName=table, Item=aws.to_item(item))
     return str(item[contract.JOB_ID])
 

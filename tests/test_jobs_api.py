@@ -42,7 +42,7 @@ from hypothesis import strategies as st
 from moto import mock_aws
 
 from lambda_src.jobs import api, aws, contract, dead_letters, listing, signature, store, validation, views, webhooks
-from tests.helpers import REPO, create_jobs_table
+from tests.helpers import REPO, create_jobs_table, new_job_item
 
 REGION = "us-west-2"
 ACCOUNT = "123456789012"
@@ -147,17 +147,7 @@ def item_of(cloud: Cloud, job_id: str, table: str = TABLE) -> dict[str, Any] | N
 
 def put_job(cloud: Cloud, table: str = TABLE, **values: Any) -> str:
     """A job item in any state, written directly."""
-    now = contract.now()
-    item = {
-        contract.JOB_ID: uuid.uuid4().hex,
-        contract.STATUS: contract.QUEUED,
-        contract.CREATED_AT: now,
-        contract.UPDATED_AT: now,
-        contract.EXPIRES_AT: now + 86400,
-        contract.ATTEMPTS: 0,
-        contract.INPUTS: {},
-        **values,
-    }
+    item = new_job_item(**values)
     cloud.ddb.put_item(TableName=table, Item=aws.to_item(item))
     return item[contract.JOB_ID]
 
