@@ -620,6 +620,41 @@ class _Server:
         self._thread: _LoopThread | None = None
         self._runner: web.AppRunner | None = None
         self.port = 0
+        self._http_faults: list[_HttpFault] = []
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def fail_requests(
+        self,
+        count: int,
+        status: int = 502,
+        *,
+        method: str | None = None,
+        path: str | None = None,
+        after: bool = False,
+    ) -> None:
+        """Answer the next `count` matching requests with the ALB's HTML error page.
+
+        With `after`, the request is handled first (by ComfyUI, or by the replica the proxy
+        forwards it to) and only the answer is lost (a connection reset between the ALB and
+        the pod after the work was done).
+        """
+        fault = _HttpFault(count, status, method, path, after)
+        self.thread.call(lambda: self._http_faults.append(fault))
+
+    def _take_fault(self, request: web.Request) -> _HttpFault | None:
+        """The first armed fault matching `request`, one use of it spent (in the loop thread)."""
+        for fault in self._http_faults:
+            if fault.remaining > 0 and fault.matches(request):
+                fault.remaining -= 1
+                self._http_faults = [f for f in self._http_faults if f.remaining > 0]
+                return fault
+        return None
 
     @property
     def url(self) -> str:
@@ -754,7 +789,6 @@ class FakeComfyUI(_Server):
         self.models = copy.deepcopy(models if models is not None else DEFAULT_MODELS)
         self.request_log: list[RequestRecord] = []
         self._reset_state()
-        self._http_faults: list[_HttpFault] = []
         self._node_faults: list[_NodeFault] = []
         self._drop_after: int | None = None
         self._sockets: dict[str, _Socket] = {}
@@ -776,33 +810,12 @@ class FakeComfyUI(_Server):
 
     # -- context manager -----------------------------------------------------------------
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
     def __exit__(self, *exc: object) -> None:
-        self.stop()
+        super().__exit__(*exc)
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
     # -- knobs (call from any thread) ----------------------------------------------------
-
-    def fail_requests(
-        self,
-        count: int,
-        status: int = 502,
-        *,
-        method: str | None = None,
-        path: str | None = None,
-        after: bool = False,
-    ) -> None:
-        """Answer the next `count` matching requests with the ALB's HTML error page.
-
-        With `after`, ComfyUI handles each request first and only the answer is lost (a
-        connection reset between the ALB and the pod after the work was done).
-        """
-        fault = _HttpFault(count, status, method, path, after)
-        self.thread.call(lambda: self._http_faults.append(fault))
 
     def fail_node(
         self,
@@ -960,15 +973,13 @@ class FakeComfyUI(_Server):
 
     @web.middleware
     async def _fault_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        for fault in self._http_faults:
-            if fault.remaining > 0 and fault.matches(request):
-                fault.remaining -= 1
-                request[RECORD].faulted = True
-                self._http_faults = [f for f in self._http_faults if f.remaining > 0]
-                if fault.after:
-                    await handler(request)
-                return alb_error_page(fault.status)
-        return await handler(request)
+        fault = self._take_fault(request)
+        if fault is None:
+            return await handler(request)
+        request[RECORD].faulted = True
+        if fault.after:
+            await handler(request)
+        return alb_error_page(fault.status)
 
     # -- queue and worker ----------------------------------------------------------------
 
@@ -1537,34 +1548,9 @@ class StickyProxy(_Server):
         self._tokens = [secrets.token_urlsafe(24) for _ in self.upstreams]
         self._next = 0
         self._session: aiohttp.ClientSession | None = None
-        self._http_faults: list[_HttpFault] = []
         self._open: set[web.WebSocketResponse] = set()
         self._draining: set[int] = set()
         self.routing_log: list[tuple[int, str, str]] = []  # (replica index, method, path)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def fail_requests(
-        self,
-        count: int,
-        status: int = 502,
-        *,
-        method: str | None = None,
-        path: str | None = None,
-        after: bool = False,
-    ) -> None:
-        """Answer the next `count` matching requests with the ALB's HTML error page.
-
-        With `after`, ComfyUI handles each request first and only the answer is lost (a
-        connection reset between the ALB and the pod after the work was done).
-        """
-        fault = _HttpFault(count, status, method, path, after)
-        self.thread.call(lambda: self._http_faults.append(fault))
 
     def drain(self, index: int) -> None:
         """Deregister a replica, as during a pod's graceful shutdown: new requests (its sticky
@@ -1605,15 +1591,17 @@ class StickyProxy(_Server):
         response.set_cookie(STICKY_CORS_COOKIE, token, expires=expires, path="/", samesite="None", secure=True)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        for fault in self._http_faults:
-            if fault.remaining > 0 and fault.matches(request):
-                fault.remaining -= 1
-                return alb_error_page(fault.status)
+        fault = self._take_fault(request)
+        websocket = request.headers.get("Upgrade", "").lower() == "websocket"
+        # A websocket's answer cannot be lost after the fact: it fails at the upgrade either way.
+        if fault is not None and (websocket or not fault.after):
+            return alb_error_page(fault.status)
         index = self._route(request)
         self.routing_log.append((index, request.method, request.path))
-        if request.headers.get("Upgrade", "").lower() == "websocket":
+        if websocket:
             return await self._proxy_ws(request, index)
-        return await self._proxy_http(request, index)
+        response = await self._proxy_http(request, index)
+        return response if fault is None else alb_error_page(fault.status)
 
     def _forward_headers(self, request: web.Request) -> dict[str, str]:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 import uuid
 import zlib
 from collections.abc import Iterator
@@ -452,3 +453,20 @@ def test_sticky_proxy_answers_502_for_a_dead_replica() -> None:
         assert answer.status_code == 502 and "502 Bad Gateway" in answer.text
         proxy.fail_requests(1, 503)
         assert requests.get(f"{proxy.url}/queue", timeout=5).status_code == 503
+
+
+def test_sticky_proxy_loses_the_answer_after_the_replica_queued_the_prompt() -> None:
+    """fail_requests(after=True) on the proxy: the replica gets the prompt, the caller a 502."""
+    with FakeCluster(replicas=1, step_delay=0.001) as cluster:
+        assert cluster.proxy is not None
+        cluster.proxy.fail_requests(1, 502, method="POST", path="/prompt", after=True)
+        chosen = "0f6a3b52-7c1e-4c39-9a51-2d1a4e0b9c11"
+        body = {"prompt": cluster.replicas[0].sample_prompt(), "prompt_id": chosen}
+        answer = requests.post(f"{cluster.url}/prompt", json=body, timeout=5)
+        assert answer.status_code == 502 and "502 Bad Gateway" in answer.text
+        assert ("POST", "/prompt") in [(r.method, r.path) for r in cluster.replicas[0].request_log]
+        deadline = time.monotonic() + 10
+        while chosen not in cluster.replicas[0].history_ids():
+            assert time.monotonic() < deadline, "the replica never ran the prompt whose answer was lost"
+            time.sleep(0.02)
+        assert requests.post(f"{cluster.url}/prompt", json=body, timeout=5).status_code != 502  # spent
