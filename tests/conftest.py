@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 
 from tests import aws_cli
-from tests.helpers import start_moto_server, tool
+from tests.helpers import MOTO_ENVIRONMENT, start_moto_server, tool
 
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
+for key, value in MOTO_ENVIRONMENT.items():  # in-process moto (mock_aws) reads them when used
+    os.environ.setdefault(key, value)
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,10 @@ from lambda_src.jobs import contract as jobs_contract
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "tests" / "data"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# moto's settings for the tests, in-process (conftest.py) and in moto_server. By default moto
+# fills every EC2 backend it makes (one per region and `mock_aws()`) with ~1,300 public AMIs:
+# 0.25 s of CPU each, several per test. Nothing here reads them; run_instances takes any id.
+MOTO_ENVIRONMENT = {"MOTO_EC2_LOAD_DEFAULT_AMIS": "false"}
 
 
 def require(condition: bool, why: str) -> None:
@@ -115,7 +119,10 @@ def start_moto_server(server: str, *, attempts: int = 3) -> tuple[subprocess.Pop
     for _attempt in range(attempts):
         port = free_port()
         proc = subprocess.Popen(
-            [server, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            [server, "-H", "127.0.0.1", "-p", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**MOTO_ENVIRONMENT, **os.environ},
         )
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 20
