@@ -3,8 +3,8 @@ terraform_json) and every Kubernetes object the workload stack applies (framewor
 zero failed checks.
 
 checkov lives in its own virtualenv (.venv-checkov, installed by scripts/test.sh) because its
-pins conflict with boto3 and pytest; CHECKOV_BIN points at it. Each framework runs once over
-all files (a checkov start costs ~2 s). Skipped checks are listed, with reasons, only in
+pins conflict with boto3 and pytest; CHECKOV_BIN points at it. checkov runs once, over every
+file of both frameworks (a checkov start costs ~3 s). Skipped checks are listed, with reasons, only in
 .checkov.yaml and .checkov-kubernetes.yaml.
 """
 
@@ -14,6 +14,7 @@ import json
 import os
 import re
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -35,12 +36,28 @@ def checkov_bin() -> str:
     return candidate
 
 
-def scan(paths: list[Path], framework: str) -> dict:
-    args = [checkov_bin(), "--framework", framework, "--config-file", str(CHECKOV_CONFIGS[framework])]
+def merged_config(directory: Path) -> Path:
+    """Both frameworks' configurations as one file, for one checkov run: frameworks and skipped
+    checks are joined (check ids name their framework), every other setting must agree."""
+    merged: dict = {}
+    for path in CHECKOV_CONFIGS.values():
+        for key, value in yaml.safe_load(path.read_text()).items():
+            if isinstance(value, list):
+                merged[key] = [*merged.get(key, []), *value]
+            else:
+                assert merged.setdefault(key, value) == value, f"{path.name}: {key} differs from the other config"
+    out = directory / "checkov.yaml"
+    out.write_text(yaml.safe_dump(merged))
+    return out
+
+
+def scan(paths: list[Path], config: Path) -> dict[str, dict]:
+    """One checkov run over `paths`; its report per framework (check_type)."""
+    args = [checkov_bin(), "--config-file", str(config)]
     for path in paths:
         args += ["-f", str(path)]
     result = subprocess.run(
-        [*args, "-o", "json", "--quiet", "--compact"],
+        [*args, "-o", "json", "--compact"],
         capture_output=True,
         text=True,
         timeout=600,
@@ -49,16 +66,53 @@ def scan(paths: list[Path], framework: str) -> dict:
     # exit 1 = failed checks; anything else non-zero is a crash of checkov itself
     assert result.returncode in (0, 1), result.stderr[-2000:]
     report = json.loads(result.stdout)
-    reports = report if isinstance(report, list) else [report]
-    (found,) = [r for r in reports if r.get("check_type") == framework] or reports
-    return found
+    return {r["check_type"]: r for r in (report if isinstance(report, list) else [report])}
 
 
-def failures(report: dict) -> list[str]:
+def checks(report: dict, outcome: str, files: list[Path]) -> list[dict]:
+    """The report's `outcome` ("passed" / "failed") checks on these files."""
+    names = {path.name for path in files}
+    return [c for c in report.get("results", {}).get(f"{outcome}_checks", []) if Path(c["file_path"]).name in names]
+
+
+def failures(report: dict, files: list[Path]) -> list[str]:
     return [
         f"{Path(f['file_path']).name}: {f['check_id']} {f['check_name']} @ {f['resource']}"
-        for f in report.get("results", {}).get("failed_checks", [])
+        for f in checks(report, "failed", files)
     ]
+
+
+@dataclass(frozen=True)
+class Scan:
+    """The one checkov run of the session, and which of its files are which."""
+
+    reports: dict[str, dict]  # framework -> report
+    stacks: list[Path]  # every stack of every variant (terraform_json)
+    manifests: list[Path]  # every variant's Kubernetes objects (kubernetes)
+    weakened: Path  # the default's objects with a privileged root container (kubernetes)
+
+
+@pytest.fixture(scope="session")
+def checkov_scan(synth, synth_variants, tmp_path_factory) -> Scan:
+    """Every file the tests below check, in ONE checkov run: a checkov start costs ~3 s of CPU,
+    more than scanning a file. Stack copies get distinct names for the report."""
+    directory = tmp_path_factory.mktemp("checkov")
+    stacks, manifests = [], []
+    for variant, variant_synth in synth_variants.items():
+        for name, path in variant_synth.paths.items():
+            stacks.append(directory / f"{variant}--{name}.tf.json")
+            stacks[-1].write_bytes(path.read_bytes())
+        manifests.append(directory / f"{variant}.yaml")
+        manifests[-1].write_text(yaml.safe_dump_all(rendered_manifests(variant_synth), sort_keys=True))
+    objects = rendered_manifests(synth)
+    deployment = next(o for o in objects if o["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    container["securityContext"] = {"privileged": True, "runAsUser": 0}
+    weakened = directory / "weakened.yaml"
+    weakened.write_text(yaml.safe_dump_all(objects))
+    reports = scan([*stacks, *manifests, weakened], merged_config(directory))
+    assert set(reports) == set(CHECKOV_CONFIGS), f"checkov reported {sorted(reports)}"
+    return Scan(reports, stacks, manifests, weakened)
 
 
 @pytest.mark.parametrize("framework", sorted(CHECKOV_CONFIGS))
@@ -76,19 +130,12 @@ def test_every_skip_has_a_reason(framework):
         assert lines[above].strip().startswith("#"), f"{check} has no reason comment above it"
 
 
-def test_terraform_zero_failed(synth_variants, tmp_path):
-    # One run over every stack of every variant; copies get distinct names for the report.
-    paths = []
-    for variant, synth in synth_variants.items():
-        for name, path in synth.paths.items():
-            copy = tmp_path / f"{variant}--{name}.tf.json"
-            copy.write_bytes(path.read_bytes())
-            paths.append(copy)
-    report = scan(paths, "terraform_json")
-    summary = report["summary"]
-    assert summary["parsing_errors"] == 0, "checkov could not parse a stack"
-    assert not failures(report), "\n".join(failures(report))
-    assert summary["passed"] > 50 * len(synth_variants), "checkov scanned suspiciously little"
+def test_terraform_zero_failed(checkov_scan, synth_variants):
+    report = checkov_scan.reports["terraform_json"]
+    assert report["summary"]["parsing_errors"] == 0, "checkov could not parse a stack"
+    assert not failures(report, checkov_scan.stacks), "\n".join(failures(report, checkov_scan.stacks))
+    passed = checks(report, "passed", checkov_scan.stacks)
+    assert len(passed) > 50 * len(synth_variants), "checkov scanned suspiciously little"
 
 
 def rendered_manifests(synth) -> list[dict]:
@@ -102,26 +149,15 @@ def rendered_manifests(synth) -> list[dict]:
     return out
 
 
-def test_kubernetes_zero_failed(synth_variants, tmp_path):
-    paths = []
-    for variant, synth in synth_variants.items():
-        path = tmp_path / f"{variant}.yaml"
-        path.write_text(yaml.safe_dump_all(rendered_manifests(synth), sort_keys=True))
-        paths.append(path)
-    report = scan(paths, "kubernetes")
-    summary = report["summary"]
-    assert summary["parsing_errors"] == 0
-    assert not failures(report), "\n".join(failures(report))
-    assert summary["passed"] > 60 * len(synth_variants), "checkov scanned suspiciously little"
+def test_kubernetes_zero_failed(checkov_scan, synth_variants):
+    report = checkov_scan.reports["kubernetes"]
+    assert report["summary"]["parsing_errors"] == 0
+    assert not failures(report, checkov_scan.manifests), "\n".join(failures(report, checkov_scan.manifests))
+    passed = checks(report, "passed", checkov_scan.manifests)
+    assert len(passed) > 60 * len(synth_variants), "checkov scanned suspiciously little"
 
 
-def test_kubernetes_scan_catches_a_weakened_pod(synth, tmp_path):
+def test_kubernetes_scan_catches_a_weakened_pod(checkov_scan):
     """The scan is real: a privileged container with a root user fails it."""
-    objects = rendered_manifests(synth)
-    deployment = next(o for o in objects if o["kind"] == "Deployment")
-    container = deployment["spec"]["template"]["spec"]["containers"][0]
-    container["securityContext"] = {"privileged": True, "runAsUser": 0}
-    path = tmp_path / "weak.yaml"
-    path.write_text(yaml.safe_dump_all(objects))
-    failed = {line.split()[1] for line in failures(scan([path], "kubernetes"))}
+    failed = {line.split()[1] for line in failures(checkov_scan.reports["kubernetes"], [checkov_scan.weakened])}
     assert {"CKV_K8S_16", "CKV_K8S_20"} <= failed, failed
