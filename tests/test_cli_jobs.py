@@ -370,6 +370,11 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
             contract.RETENTION_DAYS_ENV: "30",
         }.items():
             patch.setenv(key, value)
+        # The API's clients, made now in the Lambda's environment: a Lambda never sees the
+        # caller's environment, and a test that gives the CLI a profile (AWS_PROFILE) must
+        # not give it to a client the API happens to make during that test.
+        for service in ("dynamodb", "sqs", "s3", "secretsmanager"):
+            aws.client(service)
         yield Cloud(ddb, s3, sqs, queue_url)
         aws.reset_clients()
 
