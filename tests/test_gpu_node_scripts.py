@@ -1052,9 +1052,14 @@ def test_a_file_replaces_a_stale_folder_and_a_folder_a_stale_file(s3, bucket, ca
 
 def test_a_path_over_path_max_is_skipped_and_the_longest_that_fits_syncs(s3, bucket, cache, tmp_path):
     """PATH_MAX (4096 bytes with its NUL) counts the CLI's temporary file, 9 bytes longer."""
+    # A models path of exactly 3,085 bytes, whatever the length of tmp_path: the longest key
+    # that fits is then 1,000 bytes, under S3's 1,024.
+    target = 3085
     models = tmp_path / "deep"
-    while len(str(models)) < 3000:
+    while len(str(models)) + 1 + 200 < target:
         models /= "p" * 200
+    models /= "p" * (target - len(str(models)) - 1)
+    assert len(str(models)) == target
     models.mkdir(parents=True)
     room = 4095 - len(str(models)) - 1 - 9  # the longest key that fits
     folders = "loras/"
