@@ -61,10 +61,20 @@ def lambda_env(**overrides: str) -> dict[str, str]:
     return env
 
 
+@pytest.fixture(scope="module")
+def boto3_session() -> boto3.session.Session:
+    """One boto3 default session for the module's tests. moto replaces the default session with
+    a new one in every `mock_aws()`, and every new session parses the service models again
+    (EC2's alone is 4 MB of JSON): most of these tests' time. Every test runs in the same
+    environment (the `env` fixture), so nothing a session caches differs between them."""
+    return boto3.session.Session()
+
+
 @pytest.fixture
-def env(monkeypatch, tmp_path):
-    """Fake credentials, no endpoint override, the Lambda's variables; fresh clients.
-    Config and credential files point at nothing, so the runner's ~/.aws never leaks in."""
+def env(monkeypatch, tmp_path, boto3_session):
+    """Fake credentials, no endpoint override, the Lambda's variables; fresh clients of the
+    module's boto3 session. Config and credential files point at nothing, so the runner's
+    ~/.aws never leaks in."""
     for key in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
@@ -75,14 +85,20 @@ def env(monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_REGION", REGION)
     for key, value in lambda_env().items():
         monkeypatch.setenv(key, value)
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", boto3_session)
     handler.reset_clients()
     yield
     handler.reset_clients()
 
 
+def moto() -> mock_aws:
+    """mock_aws() that keeps boto3's default session (the `env` fixture's)."""
+    return mock_aws(config={"core": {"reset_boto3_session": False}})
+
+
 @pytest.fixture
 def aws(env):
-    with mock_aws():
+    with moto():
         yield
 
 
@@ -719,7 +735,7 @@ def test_hostile_keys_property(env, caplog):
             lambda k: k,  # not encoded at all
         ]
     )
-    with mock_aws():
+    with moto():
         run_node()
         calls: list[dict] = []
         record_send_command(calls)
