@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -14,6 +15,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 
 from lambda_src.jobs import contract as jobs_contract
@@ -25,6 +27,16 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 # fills every EC2 backend it makes (one per region and `mock_aws()`) with ~1,300 public AMIs:
 # 0.25 s of CPU each, several per test. Nothing here reads them; run_instances takes any id.
 MOTO_ENVIRONMENT = {"MOTO_EC2_LOAD_DEFAULT_AMIS": "false"}
+
+
+@functools.cache
+def shared_boto3_session() -> boto3.Session:
+    """One boto3 session per test process, for boto3's default session where moto runs
+    in-process: every new session parses botocore's service models again (EC2's is 4 MB of
+    JSON), and mock_aws() gives every test a new default session unless told otherwise. The
+    tests that use it all run with the same fake credentials and region. Clients of any session
+    reach moto (its hook is on every botocore client)."""
+    return boto3.Session()
 
 
 def require(condition: bool, why: str) -> None:

@@ -33,7 +33,7 @@ from moto import mock_aws
 
 from core import names, rules
 from lambda_src.model_sync import handler, logic
-from tests.helpers import REPO, lambda_event_from_sqs
+from tests.helpers import REPO, lambda_event_from_sqs, shared_boto3_session
 
 REGION = "us-west-2"
 CLUSTER = "comfy-a"
@@ -61,19 +61,10 @@ def lambda_env(**overrides: str) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="module")
-def boto3_session() -> boto3.session.Session:
-    """One boto3 default session for the module's tests. moto replaces the default session with
-    a new one in every `mock_aws()`, and every new session parses the service models again
-    (EC2's alone is 4 MB of JSON): most of these tests' time. Every test runs in the same
-    environment (the `env` fixture), so nothing a session caches differs between them."""
-    return boto3.session.Session()
-
-
 @pytest.fixture
-def env(monkeypatch, tmp_path, boto3_session):
+def env(monkeypatch, tmp_path):
     """Fake credentials, no endpoint override, the Lambda's variables; fresh clients of the
-    module's boto3 session. Config and credential files point at nothing, so the runner's
+    shared boto3 session (tests/helpers.py). Config and credential files point at nothing, so the runner's
     ~/.aws never leaks in."""
     for key in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
         monkeypatch.delenv(key, raising=False)
@@ -85,14 +76,14 @@ def env(monkeypatch, tmp_path, boto3_session):
     monkeypatch.setenv("AWS_REGION", REGION)
     for key, value in lambda_env().items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setattr(boto3, "DEFAULT_SESSION", boto3_session)
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", shared_boto3_session())
     handler.reset_clients()
     yield
     handler.reset_clients()
 
 
 def moto() -> mock_aws:
-    """mock_aws() that keeps boto3's default session (the `env` fixture's)."""
+    """mock_aws() that keeps boto3's default session (the `env` fixture's shared one)."""
     return mock_aws(config={"core": {"reset_boto3_session": False}})
 
 

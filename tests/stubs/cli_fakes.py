@@ -27,6 +27,8 @@ import yaml
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
+from tests.helpers import shared_boto3_session
+
 STUB = Path(__file__).resolve().parent / "cli_stub.sh"
 TOOLS = ("terraform", "kubectl", "aws")
 Json = dict[str, Any]
@@ -416,18 +418,6 @@ class Env:
         return stack_documents(load_config(self.config_path))
 
 
-_SESSION: list[boto3.Session] = []
-
-
-def shared_session() -> None:
-    """One boto3 session for every test: each session loads botocore's service models (JSON
-    of megabytes) again, and mock_aws gives every test a fresh default session otherwise.
-    Clients of any session reach moto (its hook is on every botocore client)."""
-    if not _SESSION:
-        _SESSION.append(boto3.Session())
-    boto3.DEFAULT_SESSION = _SESSION[0]
-
-
 def push_image(tag: str, repository: str = "comfyui/comfyui") -> None:
     ecr = boto3.client("ecr", region_name=REGION)
     with contextlib.suppress(ClientError):  # already there
@@ -461,9 +451,6 @@ def cli_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.Ca
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    # moto would create ~1300 default AMIs (with volumes and snapshots) per EC2 region backend:
-    # most of a test's time, for nothing these tests look at.
-    monkeypatch.setenv("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
     stubs = install_stubs(tmp_path)
     monkeypatch.setenv("PATH", str(stubs.bin))
     monkeypatch.setenv("CLI_STUB_LOG", str(stubs.log))
@@ -491,7 +478,7 @@ def cli_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.Ca
     stubs.answer("terraform", "* apply *", stdout=APPLIED)
     stubs.answer("terraform", "* destroy *", stdout=DESTROYED)
     with mock_aws():
-        shared_session()
+        boto3.DEFAULT_SESSION = shared_boto3_session()  # moto restores the previous one at exit
         _aws.reset()
         push_image("v0.3.0")
         world.config()
