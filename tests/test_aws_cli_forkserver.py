@@ -127,3 +127,34 @@ def test_a_caller_with_another_locale_is_refused(clis):
     other = {**env, "LC_ALL": "C" if os.environ.get("LC_ALL") != "C" else "C.UTF-8"}
     refused = run(forked, ["--version"], other)
     assert refused.returncode == 125 and b"locale" in refused.stderr
+
+
+EXIT_PROBE = """
+import atexit, sys, threading, time
+from tests.aws_cli_forkserver import _exit
+done = sys.argv[1]
+def late():
+    time.sleep(0.2)
+    open(done, "w").write("joined")
+threading.Thread(target=late).start()  # not a daemon: exit waits for it
+atexit.register(lambda: print("atexit ran"))
+sys.stdout.write("buffered, not flushed")
+_exit(eval(sys.argv[2]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "stderr"), [("None", 0, ""), ("3", 3, ""), ("256 + 7", 7, ""), ("'boom'", 1, "boom\n")]
+)
+def test_a_served_program_ends_as_the_interpreter_would_end_it(tmp_path, code, status, stderr):
+    """The fork ends with os._exit, after what the interpreter would do that a program sees."""
+    done = tmp_path / "thread-done"
+    result = subprocess.run(
+        [sys.executable, "-c", EXIT_PROBE, str(done), code],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=aws_cli.FORKSERVER.parent.parent,
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (status, "buffered, not flushedatexit ran\n", stderr)
+    assert done.read_text() == "joined"
