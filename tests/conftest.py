@@ -22,16 +22,17 @@ for key, value in MOTO_ENVIRONMENT.items():  # in-process moto (mock_aws) reads 
 #
 # With `-n N` (scripts/test.sh: 2), each worker is handed one test at a time as it runs low, in
 # the order below: the `long` tests first, so the last tests to start are short ones and the
-# workers finish together. A file whose tests share a session fixture that takes seconds of
-# CPU to build is handed out whole: its fixture is built on one worker only.
-PINNED_FILES = (
-    "tests/test_terraform_validate.py",  # `validated`: three terraform runs
-    "tests/test_checkov.py",  # `checkov_scan`: the one checkov run
-)
+# workers finish together. The files that check every configuration variant (their session
+# fixtures synthesize the variants and then take seconds of CPU each: three terraform runs,
+# one checkov run) are handed out together, as ONE unit, first: one worker builds all of it
+# while the other runs the long tests, which need no synthesis. Split, each fixture would be
+# built twice, or one worker would wait for the other's synthesis.
+PINNED_FILES = ("tests/test_checkov.py", "tests/test_terraform_validate.py")
+PINNED = "every-variant"
 
 
 class _LongestFirst(LoadScopeScheduling):
-    """xdist's `load` with a unit of one test, except that a pinned file is one unit.
+    """xdist's `load` with a unit of one test, except that the pinned files are one unit.
 
     Not `--dist loadgroup`: it marks a group by rewriting `item._nodeid`, which pytest 9.2 no
     longer reads, so the groups are silently lost (pytest-dev/pytest-xdist#1386). xdist's own
@@ -39,8 +40,7 @@ class _LongestFirst(LoadScopeScheduling):
     biggest first (the pinned files), then one test at a time in collection order."""
 
     def _split_scope(self, nodeid: str) -> str:
-        path = nodeid.split("::", 1)[0]
-        return path if path in PINNED_FILES else nodeid
+        return PINNED if nodeid.split("::", 1)[0] in PINNED_FILES else nodeid
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log) -> LoadScopeScheduling | None:

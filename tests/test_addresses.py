@@ -47,7 +47,6 @@ def test_adding_a_manifest_renames_nothing(monkeypatch, tmp_path):
     assert set(after) - set(before) == {"kubernetes_manifest.comfyui_extra_configmap"}
 
 
-@pytest.mark.long
 @pytest.mark.parametrize("variant", ["default", "edge-cognito"])
 def test_object_ids_are_explicit_not_positional(synth_variants, variant):
     from modules.comfyui import JobRunnerSettings, comfyui_manifests

@@ -1,5 +1,5 @@
 """How tests are handed to pytest-xdist's workers (tests/conftest.py): `long` tests first, and
-the tests of a pinned file all on one worker, so its costly session fixture is built once.
+the tests of the pinned files all on one worker, so their costly session fixtures are built once.
 
 The last test runs pytest with two workers on a small project that uses the same hooks: the
 scheduler is xdist's extension point, and a rule that xdist silently ignores (as it ignores
@@ -24,10 +24,10 @@ def test_every_pinned_file_exists():
     assert not missing, f"PINNED_FILES in tests/conftest.py names files that do not exist: {missing}"
 
 
-def test_a_pinned_file_is_one_unit_and_any_other_test_its_own():
+def test_the_pinned_files_are_one_unit_and_any_other_test_its_own():
     scheduler = object.__new__(_LongestFirst)  # _split_scope reads nothing of the instance
-    pinned = PINNED_FILES[0]
-    assert scheduler._split_scope(f"{pinned}::test_a") == scheduler._split_scope(f"{pinned}::test_b[x]") == pinned
+    units = {scheduler._split_scope(f"{path}::test_{i}[x]") for i, path in enumerate(PINNED_FILES * 2)}
+    assert len(units) == 1
     assert scheduler._split_scope("tests/test_other.py::test_a[x]") == "tests/test_other.py::test_a[x]"
 
 
@@ -61,11 +61,14 @@ def record(name):
 """
 
 
-def test_xdist_runs_a_pinned_file_on_one_worker_and_long_tests_first(tmp_path):
-    pinned = tmp_path / PINNED_FILES[0]
-    pinned.parent.mkdir(parents=True)
+def test_xdist_runs_the_pinned_files_on_one_worker_and_long_tests_first(tmp_path):
     (tmp_path / "conftest.py").write_text(PROJECT_CONFTEST)
-    pinned.write_text(PROJECT_TEST + "".join(f"\ndef test_p{i}():\n    record('p{i}')\n" for i in range(6)))
+    for n, path in enumerate(PINNED_FILES):
+        pinned = tmp_path / path
+        pinned.parent.mkdir(parents=True, exist_ok=True)
+        pinned.write_text(
+            PROJECT_TEST + "".join(f"\ndef test_p{i}():\n    record('p{i}')\n" for i in range(n * 3, n * 3 + 3))
+        )
     other = pinned.with_name("test_other.py")
     tests = "".join(f"\ndef test_o{i}():\n    record('o{i}')\n" for i in range(12))
     other.write_text(PROJECT_TEST + tests + "\n@pytest.mark.long\ndef test_last_but_long():\n    record('long')\n")
@@ -82,7 +85,7 @@ def test_xdist_runs_a_pinned_file_on_one_worker_and_long_tests_first(tmp_path):
     runs = [json.loads(line) for line in log.read_text().splitlines()]
     assert len(runs) == 19
     workers = {name: worker for name, worker, _ in runs}
-    assert len({workers[f"p{i}"] for i in range(6)}) == 1, workers  # the pinned file: one worker
+    assert len({workers[f"p{i}"] for i in range(6)}) == 1, workers  # the pinned files: one worker
     assert len({workers[f"o{i}"] for i in range(12)}) == 2, workers  # the rest: both
     order = [name for name, _, _ in sorted(runs, key=lambda run: run[2])]
     assert order.index("long") < 2, order  # started with the first unit on its worker
