@@ -462,6 +462,8 @@ class Control:
 class Validated:
     stacks: dict[str, Report]  # "variant/stack" -> report
     controls: dict[str, tuple[Report, str]]  # control letter -> (report, path of its planted error)
+    fallback: dict[str, Report]  # `validate` of a clean stack beside control b (label -> report)
+    clean: str  # that clean stack's label
 
 
 def _prepare_control(c: Control, synth, mirror: Mirror) -> PreparedStack:
@@ -473,8 +475,9 @@ def _prepare_control(c: Control, synth, mirror: Mirror) -> PreparedStack:
 def validated(synth, synth_variants, validator) -> Validated:
     """Every stack of every variant (validated together: one terraform run), and the control
     copies: those whose error Terraform finds while walking the configuration together too
-    (which shows such errors are reported from a module of a common root), the one whose error
-    it finds while decoding (b) on its own."""
+    (which shows such errors are reported from a module of a common root). The one whose error
+    it finds while decoding (b) goes through `validate` beside the smallest clean stack: the
+    together run fails, so each is validated again on its own, and that is b's report."""
     mirror = validator.toolchain.mirror
     stacks = [
         prepared
@@ -483,24 +486,23 @@ def validated(synth, synth_variants, validator) -> Validated:
     ]
     controls = _controls(synth)
     walked = [c for c in controls if c.letter != DECODING_CONTROL]
-    decoded = [c for c in controls if c.letter == DECODING_CONTROL]
+    (decoded,) = (c for c in controls if c.letter == DECODING_CONTROL)
+    clean = min(
+        prepare_synth("fallback", synth, mirror=mirror, interfaces=INTERFACES), key=lambda p: len(json.dumps(p.config))
+    )
     start = time.monotonic()
     with ThreadPoolExecutor(max_workers=3) as pool:  # three terraform runs, independent
         stacks_run = pool.submit(validator.validate, stacks)
         walked_run = pool.submit(validator.validate_together, [_prepare_control(c, synth, mirror) for c in walked])
-        decoded_run = pool.submit(validator.validate_apart, [_prepare_control(c, synth, mirror) for c in decoded])
-        reports, walked_reports, decoded_reports = stacks_run.result(), walked_run.result(), decoded_run.result()
+        fallback_run = pool.submit(validator.validate, [clean, _prepare_control(decoded, synth, mirror)])
+        reports, walked_reports, fallback = stacks_run.result(), walked_run.result(), fallback_run.result()
     print(f"\nterraform validate: {len(reports)} copies in {time.monotonic() - start:.1f} s", file=sys.stderr)
     for label, report in reports.items():
         where = f"same as {report.same_as}" if report.same_as else report.directory
         print(f"  {label}: {where}", file=sys.stderr)
-    return Validated(
-        stacks=reports,
-        controls={
-            c.letter: (report, c.path)
-            for c, report in zip(walked + decoded, walked_reports + decoded_reports, strict=True)
-        },
-    )
+    controls_reports = {c.letter: (report, c.path) for c, report in zip(walked, walked_reports, strict=True)}
+    controls_reports[decoded.letter] = (fallback[decoded.label], decoded.path)
+    return Validated(stacks=reports, controls=controls_reports, fallback=fallback, clean=clean.name)
 
 
 @pytest.mark.parametrize("variant", VARIANT_NAMES)
@@ -603,23 +605,16 @@ def test_every_stack_was_validated_in_one_run(validated):
     assert len(roots) == 1 and next(iter(roots)).name.endswith("-together"), roots
 
 
-def test_a_decoding_error_makes_every_stack_validate_on_its_own(synth, validator):
+def test_a_decoding_error_makes_every_stack_validate_on_its_own(validated):
     """A clean stack and control b validated together: b's decoding error stops that run before
     any block is walked, so `validate` validates each again on its own; b's error is reported
     against b only, and the clean stack passes."""
-    mirror = validator.toolchain.mirror
-    (b,) = (c for c in _controls(synth) if c.letter == DECODING_CONTROL)
-    # The smallest stack: its own run is the one this test adds to the session's.
-    clean = min(
-        prepare_synth("fallback", synth, mirror=mirror, interfaces=INTERFACES), key=lambda p: len(json.dumps(p.config))
-    )
-    reports = validator.validate([clean, _prepare_control(b, synth, mirror)])
-    bad = reports[b.label]
-    assert any(d.path == b.path and d.summary == "Extraneous JSON object property" for d in bad.errors), (
+    bad, path = validated.controls[DECODING_CONTROL]
+    assert any(d.path == path and d.summary == "Extraneous JSON object property" for d in bad.errors), (
         bad.failure_message()
     )
-    assert reports[clean.name].ok, reports[clean.name].failure_message()
-    assert not any(Path(r.directory).parent.name.endswith("-together") for r in reports.values())
+    assert validated.fallback[validated.clean].ok, validated.fallback[validated.clean].failure_message()
+    assert not any(Path(r.directory).parent.name.endswith("-together") for r in validated.fallback.values())
 
 
 def _reported(validated: Validated, letter: str, summary: str) -> Diagnostic:
