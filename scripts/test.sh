@@ -16,6 +16,5 @@ if [ ! -x .venv-checkov/bin/checkov ]; then
 fi
 export CHECKOV_BIN="$PWD/.venv-checkov/bin/checkov"
 # Tests run in PYTEST_WORKERS processes (default 2, the reference machine's cores; 0 runs
-# them in this process, which --snapshot-update needs), handed out one at a time, longest
-# first (tests/conftest.py).
+# them in this process, which --snapshot-update needs).
 exec "$PIPENV" run pytest -n "${PYTEST_WORKERS:-2}" "$@"

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from xdist.scheduler import LoadScopeScheduling
 
 from tests import aws_cli
 from tests.helpers import MOTO_ENVIRONMENT, start_moto_server, tool
@@ -16,39 +15,6 @@ from tests.helpers import MOTO_ENVIRONMENT, start_moto_server, tool
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 for key, value in MOTO_ENVIRONMENT.items():  # in-process moto (mock_aws) reads them when used
     os.environ.setdefault(key, value)
-
-
-# --- the order tests run in on pytest-xdist's workers ---------------------------------------
-#
-# With `-n N` (scripts/test.sh: 2), each worker is handed one test at a time as it runs low, in
-# the order below: the `long` tests first, so the last tests to start are short ones and the
-# workers finish together. The files that check every configuration variant (their session
-# fixtures synthesize the variants and then take seconds of CPU each: three terraform runs,
-# one checkov run) are handed out together, as ONE unit, first: one worker builds all of it
-# while the other runs the long tests, which need no synthesis. Split, each fixture would be
-# built twice, or one worker would wait for the other's synthesis.
-PINNED_FILES = ("tests/test_checkov.py", "tests/test_terraform_validate.py")
-PINNED = "every-variant"
-
-
-class _LongestFirst(LoadScopeScheduling):
-    """xdist's `load` with a unit of one test, except that the pinned files are one unit.
-
-    Not `--dist loadgroup`: it marks a group by rewriting `item._nodeid`, which pytest 9.2 no
-    longer reads, so the groups are silently lost (pytest-dev/pytest-xdist#1386). xdist's own
-    schedulers subclass LoadScopeScheduling the same way (loadfile, loadgroup). Units go out
-    biggest first (the pinned files), then one test at a time in collection order."""
-
-    def _split_scope(self, nodeid: str) -> str:
-        return PINNED if nodeid.split("::", 1)[0] in PINNED_FILES else nodeid
-
-
-def pytest_xdist_make_scheduler(config: pytest.Config, log) -> LoadScopeScheduling | None:
-    return _LongestFirst(config, log) if config.getvalue("dist") == "load" else None
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: item.get_closest_marker("long") is None)  # stable: file order otherwise
 
 
 @pytest.fixture(scope="session")

@@ -48,7 +48,6 @@ def run(aws: Path, args: list[str], env: dict[str, str], **kwargs) -> subprocess
     return subprocess.run([str(aws), *args], env=env, capture_output=True, timeout=60, check=False, **kwargs)
 
 
-@pytest.mark.long
 def test_same_output_and_status_as_the_cli_itself(clis, bucket, tmp_path):
     env, direct, forked = clis
     work = tmp_path / "cwd"

@@ -376,7 +376,6 @@ def _paths(node, prefix=()):
             yield from _paths(value, (*prefix, key))
 
 
-@pytest.mark.long
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_random_mutations_never_crash(data):

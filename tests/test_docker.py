@@ -594,7 +594,6 @@ def test_build_and_push_stops_when_the_build_fails(cloud):
     assert "docker push" not in commands(cloud.calls())
 
 
-@pytest.mark.long
 def test_build_and_push_against_moto_with_the_real_aws_cli(stubs, aws_cli_env, tmp_path):
     """The ECR calls and error parsing, checked against the real AWS CLI (moto behind it)."""
     aws = shutil.which("aws", path=aws_cli_env["PATH"]) or tool("aws")  # AWS CLI v1, through its fork server

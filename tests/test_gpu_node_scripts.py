@@ -618,7 +618,6 @@ def _inodes(root: Path) -> dict[str, int]:
     return {p.relative_to(root).as_posix(): p.stat().st_ino for p in root.rglob("*") if p.is_file()}
 
 
-@pytest.mark.long
 @both_clis
 def test_sync_converges_additions_replacements_and_deletions(s3, bucket, cache, tmp_path):
     _put(s3, bucket, SPECIAL_KEYS)

@@ -748,7 +748,6 @@ def test_comfyui_busy_with_browser_prompts_takes_no_job_until_idle(
     wait_until(lambda: not api.protected(), 5, "annotations removed when idle")
 
 
-@pytest.mark.long
 def test_duplicate_delivery_gives_one_result_and_one_comfyui_run(
     jr: ModuleType, jobs: Jobs, fakes: Callable[..., FakeComfyUI], runners: Any, tmp_path: Path
 ) -> None:
@@ -818,7 +817,6 @@ def test_cancel_requested_of_a_dead_runner_is_recorded(
 # The real program: SIGKILL, SIGTERM, poison
 
 
-@pytest.mark.long
 def test_killed_runner_job_runs_again_elsewhere_and_completes_once(
     jr: ModuleType, jobs: Jobs, fakes: Callable[..., FakeComfyUI], runners: Any, processes: Any, tmp_path: Path
 ) -> None:
@@ -842,7 +840,6 @@ def test_killed_runner_job_runs_again_elsewhere_and_completes_once(
     wait_until(lambda: jobs.messages() == (0, 0), 5, "message deleted")
 
 
-@pytest.mark.long
 def test_sigterm_releases_a_long_job_within_the_grace_and_another_runner_finishes_it(
     jr: ModuleType, jobs: Jobs, fakes: Callable[..., FakeComfyUI], runners: Any, processes: Any, tmp_path: Path
 ) -> None:
@@ -880,7 +877,6 @@ def test_stop_lets_a_job_finish_within_the_grace(
     assert jobs.messages() == (0, 0) and runner.lines.events()[-1]["event"] == "runner_stopped"
 
 
-@pytest.mark.long
 def test_poison_job_reaches_the_dead_letter_queue(
     jr: ModuleType, jobs: Jobs, fakes: Callable[..., FakeComfyUI], processes: Any, tmp_path: Path
 ) -> None:

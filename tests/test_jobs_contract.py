@@ -428,7 +428,6 @@ def _update(op: str, runner: str, at: int, status: str) -> dict[str, Any]:
     }[op]()
 
 
-@pytest.mark.long
 def test_two_runners_never_both_finish_a_job(jobs):
     """Random interleavings of both runners and the API/dead-letter writes: at most one terminal
     write ever succeeds; a runner finishes only a job it holds; terminal is final; a live lease

@@ -386,7 +386,6 @@ initial_states = st.dictionaries(st.sampled_from(ALL_KEYS), st.integers(min_valu
 # and round: 4-8 s per example on 2 busy cores); the file's budget allows 4 generated
 # examples plus the explicit one. When changing the sync script, run more:
 # MODEL_SYNC_FLEET_EXAMPLES=50 pytest tests/test_model_sync_fleet.py
-@pytest.mark.long
 @settings(
     max_examples=int(os.environ.get("MODEL_SYNC_FLEET_EXAMPLES", "4")),
     deadline=None,
@@ -452,7 +451,6 @@ def test_random_updates_converge_on_every_node(fleet_factory, initial, batches):
 # --- targeted scenarios --------------------------------------------------------------
 
 
-@pytest.mark.long
 def test_node_booting_during_an_update_converges(fleet_factory):
     fleet = fleet_factory()
     fleet.put("checkpoints/base.safetensors", blob("base", 2000, 0))
@@ -486,7 +484,6 @@ def test_node_booting_during_an_update_converges(fleet_factory):
     assert not joiner.flag.exists() and not first.flag.exists()
 
 
-@pytest.mark.long
 def test_node_that_missed_a_command_converges_on_reconcile(fleet_factory):
     fleet = fleet_factory()
     fleet.put("checkpoints/a.safetensors", blob("a", 1000, 0))
@@ -512,7 +509,6 @@ def test_node_that_missed_a_command_converges_on_reconcile(fleet_factory):
     fleet.assert_converged()
 
 
-@pytest.mark.long
 def test_lambda_decides_who_gets_a_command(fleet_factory):
     fleet = fleet_factory()
     fleet.put("checkpoints/a.safetensors", blob("a", 100, 0))

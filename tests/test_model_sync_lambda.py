@@ -520,7 +520,6 @@ bodies = st.one_of(
 )
 
 
-@pytest.mark.long
 @settings(max_examples=300, deadline=None)
 @given(
     events=st.one_of(
