@@ -17,6 +17,7 @@ from typing import Any
 
 import boto3
 import pytest
+from moto import mock_aws
 
 from lambda_src.jobs import contract as jobs_contract
 
@@ -33,10 +34,20 @@ MOTO_ENVIRONMENT = {"MOTO_EC2_LOAD_DEFAULT_AMIS": "false"}
 def shared_boto3_session() -> boto3.Session:
     """One boto3 session per test process, for boto3's default session where moto runs
     in-process: every new session parses botocore's service models again (EC2's is 4 MB of
-    JSON), and mock_aws() gives every test a new default session unless told otherwise. The
-    tests that use it all run with the same fake credentials and region. Clients of any session
-    reach moto (its hook is on every botocore client)."""
+    JSON). The tests that use it all run with the same fake credentials and region. Clients of
+    any session reach moto (its hook is on every botocore client)."""
     return boto3.Session()
+
+
+def use_shared_boto3_session(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shared session as boto3's default session, for this test."""
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", shared_boto3_session())
+
+
+def mock_aws_keeping_session() -> mock_aws:
+    """mock_aws() that keeps boto3's default session: by default it gives every test a new one
+    (moto's core.reset_boto3_session option)."""
+    return mock_aws(config={"core": {"reset_boto3_session": False}})
 
 
 def require(condition: bool, why: str) -> None:
@@ -57,8 +68,6 @@ def tool(name: str) -> str:
 
 def moto_client(service: str, endpoint: str, *, region: str = "us-west-2") -> Any:
     """A boto3 client of the session's moto server (the `moto_server` fixture's URL)."""
-    import boto3
-
     return boto3.client(
         service,
         endpoint_url=endpoint,

@@ -4,8 +4,8 @@ zero failed checks.
 
 checkov lives in its own virtualenv (.venv-checkov, installed by scripts/test.sh) because its
 pins conflict with boto3 and pytest; CHECKOV_BIN points at it. checkov runs once, over every
-file of both frameworks (a checkov start costs ~3 s). Skipped checks are listed, with reasons, only in
-.checkov.yaml and .checkov-kubernetes.yaml.
+file of both frameworks (a checkov start costs ~3 s). Skipped checks are listed, with reasons,
+only in .checkov.yaml and .checkov-kubernetes.yaml.
 """
 
 from __future__ import annotations

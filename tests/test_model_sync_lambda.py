@@ -29,11 +29,10 @@ from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ClientError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from moto import mock_aws
 
 from core import names, rules
 from lambda_src.model_sync import handler, logic
-from tests.helpers import REPO, lambda_event_from_sqs, shared_boto3_session
+from tests.helpers import REPO, lambda_event_from_sqs, mock_aws_keeping_session, use_shared_boto3_session
 
 REGION = "us-west-2"
 CLUSTER = "comfy-a"
@@ -64,8 +63,8 @@ def lambda_env(**overrides: str) -> dict[str, str]:
 @pytest.fixture
 def env(monkeypatch, tmp_path):
     """Fake credentials, no endpoint override, the Lambda's variables; fresh clients of the
-    shared boto3 session (tests/helpers.py). Config and credential files point at nothing, so the runner's
-    ~/.aws never leaks in."""
+    shared boto3 session (tests/helpers.py), which moto keeps. Config and credential files
+    point at nothing, so the runner's ~/.aws never leaks in."""
     for key in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
@@ -76,20 +75,15 @@ def env(monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_REGION", REGION)
     for key, value in lambda_env().items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setattr(boto3, "DEFAULT_SESSION", shared_boto3_session())
+    use_shared_boto3_session(monkeypatch)
     handler.reset_clients()
     yield
     handler.reset_clients()
 
 
-def moto() -> mock_aws:
-    """mock_aws() that keeps boto3's default session (the `env` fixture's shared one)."""
-    return mock_aws(config={"core": {"reset_boto3_session": False}})
-
-
 @pytest.fixture
 def aws(env):
-    with moto():
+    with mock_aws_keeping_session():
         yield
 
 
@@ -725,7 +719,7 @@ def test_hostile_keys_property(env, caplog):
             lambda k: k,  # not encoded at all
         ]
     )
-    with moto():
+    with mock_aws_keeping_session():
         run_node()
         calls: list[dict] = []
         record_send_command(calls)

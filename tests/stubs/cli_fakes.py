@@ -25,9 +25,8 @@ import boto3
 import pytest
 import yaml
 from botocore.exceptions import ClientError
-from moto import mock_aws
 
-from tests.helpers import shared_boto3_session
+from tests.helpers import mock_aws_keeping_session, use_shared_boto3_session
 
 STUB = Path(__file__).resolve().parent / "cli_stub.sh"
 TOOLS = ("terraform", "kubectl", "aws")
@@ -477,8 +476,8 @@ def cli_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.Ca
     monkeypatch.setattr(deploy, "CLEANUP_PACE", _cleanup.Pace(interval=0.0, timeout=2.0, sleep=lambda _: None))
     stubs.answer("terraform", "* apply *", stdout=APPLIED)
     stubs.answer("terraform", "* destroy *", stdout=DESTROYED)
-    with mock_aws():
-        boto3.DEFAULT_SESSION = shared_boto3_session()  # moto restores the previous one at exit
+    use_shared_boto3_session(monkeypatch)
+    with mock_aws_keeping_session():
         _aws.reset()
         push_image("v0.3.0")
         world.config()
