@@ -25,7 +25,8 @@ from tests.aws_cli_forkserver import DATA_PATH, startup_environment
 # Where Debian's (and CI's, apt-installed) AWS CLI v2 lives.
 AWS_V2 = Path("/usr/bin/aws")
 FORKSERVER = Path(__file__).with_name("aws_cli_forkserver.py")
-# The caller's interpreter: stdlib only, isolated and without site-packages, so it starts in ~20 ms.
+# The caller's interpreter, isolated and without site-packages: the caller imports only built-in
+# modules (tests/aws_cli_forkserver.py), so a call starts about as fast as a bare interpreter.
 CALLER = f"{shlex.quote(sys.executable)} -I -S {shlex.quote(str(FORKSERVER))} call"
 
 

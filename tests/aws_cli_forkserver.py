@@ -32,23 +32,27 @@ Standard library only: the server runs under the system interpreter, the caller 
 
 from __future__ import annotations
 
-import atexit
-import contextlib
-import gc
-import importlib
-import json
+# The caller starts once per CLI call (~165 per test run), so this file's top level imports only
+# modules that cost nothing to import (compiled in, or one small file): a call starts about as
+# fast as a bare `python -I -S`. `socket`, `signal` and `json` would bring enum, selectors and re
+# along, ~35 ms more per call. The server's functions import what else they need, once.
+import _signal
+import _socket
+import marshal
 import os
-import runpy
-import select
-import signal
-import socket
 import struct
 import sys
-import threading
-from typing import NoReturn
 
-FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
-_HEADER = struct.Struct("!I")  # the request's length; the request is JSON
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn
+
+FORWARDED = (_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP, _signal.SIGQUIT)
+# The request's length, then the request: a dict of str, list and str, as marshal data, format 4
+# (which every Python 3 since 3.4 reads: the caller's and the server's interpreters may differ).
+# marshal trusts its input; the socket lives in a directory only this user can open.
+_HEADER = struct.Struct("!I")
+_MARSHAL_FORMAT = 4
 _STATUS = struct.Struct("!ii")  # (0, exit status) or (1, signal number)
 # What AWS CLI v2's package sets on import (awscli/__init__.py), from the caller's value.
 DATA_PATH = "AWS_DATA_PATH"
@@ -59,7 +63,7 @@ def startup_environment(env: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if k in ("LANG", "LANGUAGE") or k.startswith(("LC_", "PYTHON"))}
 
 
-def _recv_exactly(conn: socket.socket, size: int) -> bytes:
+def _recv_exactly(conn: _socket.socket, size: int) -> bytes:
     data = b""
     while len(data) < size:
         chunk = conn.recv(size - len(data))
@@ -73,6 +77,12 @@ def _recv_exactly(conn: socket.socket, size: int) -> bytes:
 
 
 def serve(socket_path: str, script: str) -> None:
+    import gc
+    import importlib
+    import runpy
+    import signal
+    import socket
+
     # As when the script runs as a program: its directory first on the path, not this file's.
     sys.path[0] = os.path.dirname(os.path.abspath(script))
     if DATA_PATH in os.environ:
@@ -116,14 +126,19 @@ def serve(socket_path: str, script: str) -> None:
         conn.close()
 
 
-def _handle(conn: socket.socket, script: str, startup: dict[str, str], builtin_data: str) -> None:
+def _handle(conn: _socket.socket, script: str, startup: dict[str, str], builtin_data: str) -> None:
     """One call, in a fork of the server: fork the program, relay signals, report its end."""
+    import contextlib
+    import select
+    import signal
+    import socket
+
     try:
         header, fds, _flags, _addr = socket.recv_fds(conn, _HEADER.size, 3)
         if len(header) < _HEADER.size or len(fds) != 3:
             os._exit(2)
-        request = json.loads(_recv_exactly(conn, _HEADER.unpack(header)[0]))
-    except (OSError, ValueError):
+        request = marshal.loads(_recv_exactly(conn, _HEADER.unpack(header)[0]))
+    except (OSError, ValueError, EOFError, TypeError):
         os._exit(2)
     if startup_environment(request["env"]) != startup:
         message = (
@@ -168,6 +183,9 @@ def _run(script: str, request: dict, fds: list[int], builtin_data: str) -> None:
     """The program: the caller's descriptors, directory, environment and arguments, then the
     script as `__main__`. Its SystemExit ends this process as the interpreter would end it
     (:func:`_exit`); an uncaught exception ends it through the interpreter itself."""
+    import runpy
+    import signal
+
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
         os.close(fd)
@@ -195,6 +213,9 @@ def _exit(code: object) -> NoReturn:
     that fails). Then os._exit: what it skips is tearing down the modules the server imported,
     which only a fork pays for (it writes to every page they live on, copying each: ~50 ms of a
     call's ~250) and no program sees."""
+    import atexit
+    import threading
+
     if code is None:
         status = 0
     elif isinstance(code, int):
@@ -216,24 +237,30 @@ def _exit(code: object) -> NoReturn:
 
 
 def call(socket_path: str, argv: list[str]) -> None:
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    """Run the program through the server at `socket_path`; exit as it ended."""
+    conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     conn.connect(socket_path)
-    request = json.dumps({"argv": argv, "env": dict(os.environ), "cwd": os.getcwd()}).encode()
+    request = marshal.dumps({"argv": argv, "env": dict(os.environ), "cwd": os.getcwd()}, _MARSHAL_FORMAT)
 
     def forward(signum: int, _frame: object) -> None:
-        with contextlib.suppress(OSError):
+        try:
             conn.send(bytes([signum]))
+        except OSError:  # the server's end of the call is gone: its status follows, or nothing
+            return
 
     for signum in FORWARDED:
-        signal.signal(signum, forward)
-    socket.send_fds(conn, [_HEADER.pack(len(request))], [0, 1, 2])
+        _signal.signal(signum, forward)
+    # The request's length, with the caller's standard input, output and error (SCM_RIGHTS):
+    # what socket.send_fds does.
+    descriptors = struct.pack("3i", 0, 1, 2)
+    conn.sendmsg([_HEADER.pack(len(request))], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, descriptors)])
     conn.sendall(request)
     try:
         kind, value = _STATUS.unpack(_recv_exactly(conn, _STATUS.size))
     except ConnectionError:
         sys.exit(255)
     if kind == 1:
-        signal.signal(value, signal.SIG_DFL)
+        _signal.signal(value, _signal.SIG_DFL)
         os.kill(os.getpid(), value)
         sys.exit(128 + value)
     sys.exit(value)

@@ -157,3 +157,26 @@ def test_a_served_program_ends_as_the_interpreter_would_end_it(tmp_path, code, s
     )
     assert (result.returncode, result.stdout, result.stderr) == (status, "buffered, not flushedatexit ran\n", stderr)
     assert done.read_text() == "joined"
+
+
+# What importing the fork server's file adds to a bare `python -I -S` with `os`: the caller runs
+# once per CLI call, so it must not bring in the standard library's socket, signal or json.
+IMPORTS_PROBE = """
+import os, sys
+before = set(sys.modules)
+sys.path.insert(0, sys.argv[1])
+import aws_cli_forkserver
+print(" ".join(sorted(set(sys.modules) - before)))
+"""
+CALLER_IMPORTS = {"__future__", "_signal", "_socket", "_struct", "aws_cli_forkserver", "marshal", "struct"}
+
+
+def test_the_caller_imports_only_built_in_modules():
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", IMPORTS_PROBE, str(aws_cli.FORKSERVER.parent)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert set(result.stdout.split()) <= CALLER_IMPORTS, result.stdout
