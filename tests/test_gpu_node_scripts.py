@@ -109,7 +109,7 @@ class FakeHost:
         self.bin.mkdir()
         for name in STUBBED:
             wrapper = self.bin / name
-            wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKEHOST}" "$0" "$@"\n')
+            wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" -I -S "{FAKEHOST}" "$0" "$@"\n')
             wrapper.chmod(0o755)
         self.state_file = root / "host-state.json"
         self.log_file = root / "host-calls.jsonl"
