@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests import aws_cli
-from tests.helpers import MOTO_ENVIRONMENT, start_moto_server, tool
+from tests.helpers import MOTO_ENVIRONMENT, default_config_data, start_moto_server, tool
 
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 for key, value in MOTO_ENVIRONMENT.items():  # in-process moto (mock_aws) reads them when used
@@ -101,11 +101,9 @@ VARIANTS: dict[str, dict] = {
 
 
 def variant_config(name: str):
-    import yaml
+    from core.config import parse_config
 
-    from core.config import DEFAULT_CONFIG, parse_config
-
-    data = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    data = default_config_data()
     for key, value in VARIANTS.get(name, {}).items():
         data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
     return parse_config(data)

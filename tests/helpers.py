@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 import re
@@ -17,6 +18,7 @@ from typing import Any
 
 import boto3
 import pytest
+import yaml
 from moto import mock_aws
 
 from lambda_src.jobs import contract as jobs_contract
@@ -28,6 +30,17 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 # fills every EC2 backend it makes (one per region and `mock_aws()`) with ~1,300 public AMIs:
 # 0.25 s of CPU each, several per test. Nothing here reads them; run_instances takes any id.
 MOTO_ENVIRONMENT = {"MOTO_EC2_LOAD_DEFAULT_AMIS": "false"}
+
+
+@functools.cache
+def _default_config() -> dict[str, Any]:
+    return yaml.safe_load((REPO / "config" / "default.yaml").read_text())
+
+
+def default_config_data() -> dict[str, Any]:
+    """config/default.yaml as data, a fresh copy per call (the file is parsed once per process:
+    hundreds of tests start from it)."""
+    return copy.deepcopy(_default_config())
 
 
 @functools.cache

@@ -22,7 +22,7 @@ import yaml
 from botocore.stub import Stubber  # type: ignore[import-untyped]
 
 from comfyui_eks import cli, cost, prices
-from tests.helpers import REPO
+from tests.helpers import default_config_data
 
 Json = dict[str, Any]
 D = Decimal
@@ -69,7 +69,7 @@ def _merge(base: Json, changes: Json) -> Json:
 
 def config_file(tmp_path: Path, **changes: Any) -> Path:
     """config/default.yaml with `changes` merged in (nested dicts merge, other values replace)."""
-    data = yaml.safe_load((REPO / "config" / "default.yaml").read_text())
+    data = default_config_data()
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(_merge(data, changes)))
     return path

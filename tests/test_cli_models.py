@@ -22,7 +22,7 @@ from moto import mock_aws
 
 from comfyui_eks import cli, models
 from comfyui_eks.workflows import BUCKET_FOLDERS
-from tests.helpers import REPO
+from tests.helpers import REPO, default_config_data
 
 Json = dict[str, Any]
 BUCKET = "comfyui-models-111122223333-us-west-2"
@@ -100,7 +100,7 @@ def put(s3: Any, *names: str, size: int = 10) -> None:
 
 
 def config_file(tmp_path: Path, **changes: Any) -> Path:
-    data = yaml.safe_load((REPO / "config" / "default.yaml").read_text())
+    data = default_config_data()
     for key, value in changes.items():
         data[key] = {**data[key], **value}
     path = tmp_path / "config.yaml"

@@ -20,7 +20,7 @@ from core.config import parse_config
 from modules import comfyui
 from modules.load_balancer import LBC_NAMESPACE, LBC_SERVICE_ACCOUNT
 from stacks.ingress import api_ingress_settings, ingress_settings
-from tests.helpers import REPO, tool
+from tests.helpers import REPO, default_config_data, tool
 from tests.k8s import k8s_version, resolve_tokens, terraform_literal, validate_strict
 
 POD_PROGRAMS = REPO / "modules" / "pod"
@@ -206,7 +206,7 @@ def test_unauthenticated_public_needs_acknowledgement_and_warns(synth_variants, 
     ],
 )
 def test_exposure_matrix(auth, edge, scheme):
-    base = yaml.safe_load((REPO / "config" / "default.yaml").read_text())
+    base = default_config_data()
     base["auth"] = auth
     config = parse_config(base)
     settings = ingress_settings(config, cognito={"userPoolARN": "x", "userPoolClientID": "y", "userPoolDomain": "z"})
@@ -576,7 +576,7 @@ def test_wait_for_model_cache_refuses_bad_timings(tmp_path):
 
 
 def test_internal_alb_admits_configured_vpn_and_peering_ranges():
-    base = yaml.safe_load((REPO / "config" / "default.yaml").read_text())
+    base = default_config_data()
     config = parse_config(base)
     assert ingress_settings(config, cognito=None).inbound_cidrs == [config.network.vpc_cidr]
     # Added to the VPC, never instead of it (in-VPC clients, CloudFront VPC origins); no repeats.
@@ -641,7 +641,7 @@ def test_internal_api_endpoint_beside_cognito(synth_variants):
 def test_network_policy_admits_the_subnets_of_both_albs():
     """An internet-facing Cognito ALB lives in the public subnets, the API ALB in the internal
     ALB subnets: the NetworkPolicy admits both, and nothing else."""
-    base = yaml.safe_load((REPO / "config" / "default.yaml").read_text())
+    base = default_config_data()
     base["auth"] = {
         "mode": "cognito",
         "domain": "a.example.com",

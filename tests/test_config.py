@@ -11,11 +11,11 @@ import yaml
 from pydantic import ValidationError
 
 from core.config import DEFAULT_CONFIG, Config, ConfigError, load_config, parse_config
-from tests.helpers import REPO
+from tests.helpers import REPO, default_config_data
 
 
 def base() -> dict:
-    return yaml.safe_load(DEFAULT_CONFIG.read_text())
+    return default_config_data()
 
 
 def errors_for(**changes) -> list[str]:
@@ -431,7 +431,7 @@ def test_default_yaml_documents_every_option():
     def keys(node) -> dict:
         return {k: keys(v) if isinstance(v, dict) and k != "tags" else None for k, v in node.items()}
 
-    documented = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    documented = default_config_data()
     assert keys(documented) == fields(Config)
     config = load_config()
     defaults = Config.model_validate(

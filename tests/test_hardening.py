@@ -20,14 +20,14 @@ from core.config import ConfigError, parse_config
 from modules.network import INTERNAL_ELB_TAG, PUBLIC_ELB_TAG, subnet_plan
 from stacks.app import warnings_for
 from tests.conftest import variant_config
-from tests.helpers import REPO, moto_client, tool
+from tests.helpers import REPO, default_config_data, moto_client, tool
 from tests.k8s import terraform_literal
 
 GUARD = REPO / "modules" / "hooks" / "require-empty-bucket.sh"
 
 
 def _config(**sections):
-    data = yaml.safe_load((REPO / "config" / "default.yaml").read_text())
+    data = default_config_data()
     for key, value in sections.items():
         data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
     return parse_config(data)

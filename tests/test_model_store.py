@@ -12,7 +12,7 @@ from core import names
 from modules import comfyui
 from modules.model_sync import MAX_RECEIVE_COUNT, node_sync_commands, ssm_document_content
 from modules.s3_volumes import s3_volume, volume_manifests
-from tests.helpers import go_duration_seconds
+from tests.helpers import default_config_data, go_duration_seconds
 from tests.k8s import k8s_version, resolve_tokens, validate_strict
 
 
@@ -259,12 +259,10 @@ def test_bad_volume_manifest_fails_validation(synth):
 
 def test_no_prefixes_means_every_change_notifies(tmp_path):
     """prefixes: [] caches the whole bucket on the nodes, so every change must notify too."""
-    import yaml as _yaml
-
-    from core.config import DEFAULT_CONFIG, parse_config
+    from core.config import parse_config
     from tests.conftest import Synth
 
-    data = _yaml.safe_load(DEFAULT_CONFIG.read_text())
+    data = default_config_data()
     data["model_sync"] = {"prefixes": []}
     synth = Synth(parse_config(data), tmp_path / "out")
     notification = next(iter(synth.resources("platform", "aws_s3_bucket_notification").values()))

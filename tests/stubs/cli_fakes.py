@@ -26,7 +26,7 @@ import pytest
 import yaml
 from botocore.exceptions import ClientError
 
-from tests.helpers import mock_aws_keeping_session, use_shared_boto3_session
+from tests.helpers import default_config_data, mock_aws_keeping_session, use_shared_boto3_session
 
 STUB = Path(__file__).resolve().parent / "cli_stub.sh"
 TOOLS = ("terraform", "kubectl", "aws")
@@ -392,9 +392,7 @@ class Env:
     def config(self, **overrides: Any) -> Path:
         """Write the configuration: config/default.yaml with moto's account and `overrides`
         (one level deep merge)."""
-        from core.config import DEFAULT_CONFIG
-
-        data = yaml.safe_load(DEFAULT_CONFIG.read_text())
+        data = default_config_data()
         data["account_id"] = ACCOUNT
         for key, value in overrides.items():
             data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
