@@ -73,8 +73,9 @@ def require(condition: bool, why: str) -> None:
 
 
 def tool(name: str) -> str:
-    """Path of a command-line tool installed into the test environment."""
-    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+    """Path of a command-line tool installed into the test environment: the one beside this
+    interpreter first (the Pipfile's pin, even when its directory is not on PATH), else PATH's."""
+    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
     require(found is not None, f"{name} is not installed (scripts/test.sh installs it)")
     return str(found)
 
