@@ -96,6 +96,7 @@ VARIANTS: dict[str, dict] = {
         "scaling": {"min_replicas": 1, "max_replicas": 3, "schedule": None},
         "network": {"api_public_cidrs": ["0.0.0.0/0"], "acknowledge_public_api": True},
         "data_protection": {"prevent_destroy": False},
+        "model_sync": {"prefixes": []},  # the whole bucket is cached: every change notifies
     },
 }
 

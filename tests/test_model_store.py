@@ -12,7 +12,7 @@ from core import names
 from modules import comfyui
 from modules.model_sync import MAX_RECEIVE_COUNT, node_sync_commands, ssm_document_content
 from modules.s3_volumes import s3_volume, volume_manifests
-from tests.helpers import default_config_data, go_duration_seconds
+from tests.helpers import go_duration_seconds
 from tests.k8s import k8s_version, resolve_tokens, validate_strict
 
 
@@ -257,14 +257,10 @@ def test_bad_volume_manifest_fails_validation(synth):
         validate_strict(m, k8s_version(synth.config))
 
 
-def test_no_prefixes_means_every_change_notifies(tmp_path):
+def test_no_prefixes_means_every_change_notifies(synth_variants):
     """prefixes: [] caches the whole bucket on the nodes, so every change must notify too."""
-    from core.config import parse_config
-    from tests.conftest import Synth
-
-    data = default_config_data()
-    data["model_sync"] = {"prefixes": []}
-    synth = Synth(parse_config(data), tmp_path / "out")
+    synth = synth_variants["public-unauthenticated"]
+    assert synth.config.model_sync.prefixes == ()
     notification = next(iter(synth.resources("platform", "aws_s3_bucket_notification").values()))
     assert len(notification["queue"]) == 1
     assert "filter_prefix" not in notification["queue"][0]
