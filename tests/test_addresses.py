@@ -10,31 +10,33 @@ from cdktf import TerraformResource
 from tests.conftest import variant_config
 
 
-def _addresses(monkeypatch, tmp_path, extra: dict | None = None) -> dict[str, dict]:
-    """Terraform address -> manifest of every kubernetes_manifest of the workload stack, built
-    without synthesizing (the construct tree already has the final ids)."""
+def _addresses_with(extra: dict, monkeypatch, tmp_path) -> set[str]:
+    """The Terraform address of every kubernetes_manifest of the edge-cognito workload stack
+    when the workload gains `extra`'s objects, FIRST in its manifests, built without
+    synthesizing (the construct tree already has the final ids)."""
     import stacks.workload
     from modules.comfyui import comfyui_manifests
     from stacks.app import build_app
 
-    if extra is not None:
+    def with_extra(**kwargs):
+        return {**extra, **comfyui_manifests(**kwargs)}
 
-        def with_extra(**kwargs):
-            return {**extra, **comfyui_manifests(**kwargs)}  # the new object comes FIRST
-
-        monkeypatch.setattr(stacks.workload, "comfyui_manifests", with_extra)
+    monkeypatch.setattr(stacks.workload, "comfyui_manifests", with_extra)
     config = variant_config("edge-cognito")
     app = build_app(config, outdir=tmp_path)
     workload = next(s for s in app.node.children if s.node.id == config.stack_name("workload"))
-    out = {}
-    for node in workload.node.find_all():
-        if isinstance(node, TerraformResource) and node.terraform_resource_type == "kubernetes_manifest":
-            out[f"kubernetes_manifest.{node.friendly_unique_id}"] = node
-    return out
+    return {
+        f"kubernetes_manifest.{node.friendly_unique_id}"
+        for node in workload.node.find_all()
+        if isinstance(node, TerraformResource) and node.terraform_resource_type == "kubernetes_manifest"
+    }
 
 
-def test_adding_a_manifest_renames_nothing(monkeypatch, tmp_path):
-    before = _addresses(monkeypatch, tmp_path / "before")
+def test_adding_a_manifest_renames_nothing(synth_variants, monkeypatch, tmp_path):
+    """The addresses as synthesized, then with one object more: the new one is all that changes."""
+    before = {
+        f"kubernetes_manifest.{i}" for i in synth_variants["edge-cognito"].resources("workload", "kubernetes_manifest")
+    }
     extra = {
         "comfyui_extra_configmap": {
             "apiVersion": "v1",
@@ -42,9 +44,9 @@ def test_adding_a_manifest_renames_nothing(monkeypatch, tmp_path):
             "metadata": {"name": "x", "namespace": "comfyui"},
         }
     }
-    after = _addresses(monkeypatch, tmp_path / "after", extra)
-    assert set(before) < set(after)
-    assert set(after) - set(before) == {"kubernetes_manifest.comfyui_extra_configmap"}
+    after = _addresses_with(extra, monkeypatch, tmp_path)
+    assert before < after
+    assert after - before == {"kubernetes_manifest.comfyui_extra_configmap"}
 
 
 @pytest.mark.parametrize("variant", ["default", "edge-cognito"])
