@@ -33,7 +33,6 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import boto3
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -41,7 +40,7 @@ from hypothesis import strategies as st
 from core import names, rules
 from lambda_src.model_sync import handler
 from modules.model_sync import ssm_document_content
-from tests.helpers import REPO, lambda_event_from_sqs, require
+from tests.helpers import REPO, lambda_event_from_sqs, moto_client, require
 from tests.test_gpu_node_scripts import node_cli_env
 
 SCRIPT = REPO / "modules" / "scripts" / "model-cache-sync.sh"
@@ -211,13 +210,12 @@ class Fleet:
         self.document = f"{self.cluster}-model-sync"
         self.root = root / suffix
         self.cli_env = cli_env
-        session = boto3.session.Session(
-            aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION
-        )
-        self.s3 = session.client("s3", endpoint_url=endpoint)
-        self.sqs = session.client("sqs", endpoint_url=endpoint)
-        self.ec2 = session.client("ec2", endpoint_url=endpoint)
-        self.ssm = session.client("ssm", endpoint_url=endpoint)
+        # Through boto3's default session: one parse of each service model per test process
+        # (EC2's is 4 MB of JSON), not one per fleet.
+        self.s3 = moto_client("s3", endpoint, region=REGION)
+        self.sqs = moto_client("sqs", endpoint, region=REGION)
+        self.ec2 = moto_client("ec2", endpoint, region=REGION)
+        self.ssm = moto_client("ssm", endpoint, region=REGION)
         self.nodes: dict[str, Node] = {}
         self.commands: list[str] = []
 
