@@ -10,6 +10,7 @@ Timings are scaled down (lease 3 s, message hidden lease + 1 s) so the whole fil
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import os
@@ -244,12 +245,19 @@ class Lines:
             return "\n".join(self.raw)
 
 
+@functools.cache
+def runner_session() -> boto3.session.Session:
+    """One boto3 session for every in-process runner of this test process (a new session parses
+    the service models again); made under `aws_env`, whose fake credentials every test shares."""
+    return boto3.session.Session()
+
+
 class ThreadRunner:
     """The runner in a thread of the test process (stopped like SIGTERM does)."""
 
     def __init__(self, jr: ModuleType, values: dict[str, Any]):
         self.lines = Lines()
-        self.runner = jr.Runner(jr.Config(**values), stream=self.lines, environ={})
+        self.runner = jr.Runner(jr.Config(**values), stream=self.lines, environ={}, aws_session=runner_session())
         self.thread = threading.Thread(target=self.runner.run, name="job-runner", daemon=True)
         self.thread.start()
 

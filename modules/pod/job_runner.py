@@ -274,11 +274,20 @@ def retryable(exc: Exception) -> bool:
 class Aws:
     """The three clients, with botocore's own retries off so that every failed try is logged here."""
 
-    def __init__(self, log: Log, *, attempts: int, read_timeout: float, sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        log: Log,
+        *,
+        attempts: int,
+        read_timeout: float,
+        sleep: Callable[[float], None] = time.sleep,
+        session: boto3.session.Session | None = None,
+    ):
+        """`session`: a new one unless given (the tests share one: each parses the service models)."""
         self.log = log
         self.attempts = max(1, attempts)
         self.sleep = sleep
-        session = boto3.session.Session()
+        session = session or boto3.session.Session()
         config = BotoConfig(
             retries={"total_max_attempts": 1, "mode": "standard"},
             connect_timeout=5,
@@ -1038,14 +1047,16 @@ class Runner:
         *,
         stream: IO[str] | None = None,
         environ: Mapping[str, str] | None = None,
+        aws_session: boto3.session.Session | None = None,
     ):
-        """`stream`: where the JSON lines go (stdout); `environ`: for the Kubernetes service address."""
+        """`stream`: where the JSON lines go (stdout); `environ`: for the Kubernetes service address;
+        `aws_session`: the boto3 session of the AWS clients (a new one unless given)."""
         self.config = config
         # The pod, plus a per-process suffix: a restarted container never mistakes the claims of
         # its previous life (which it cannot follow any more) for its own.
         self.id = f"{config.pod_name}/{secrets.token_hex(4)}"
         self.log = Log(self.id, stream)
-        self.aws = Aws(self.log, attempts=config.aws_attempts, read_timeout=config.poll_wait + 15)
+        self.aws = Aws(self.log, attempts=config.aws_attempts, read_timeout=config.poll_wait + 15, session=aws_session)
         self.table = JobTable(self.aws, config.table, runner=self.id, lease_seconds=config.lease_seconds)
         self.queue = JobQueue(self.aws, config.queue_url, self.log)
         api = kube_api(config, os.environ if environ is None else environ, self.log)
