@@ -12,7 +12,7 @@ that runs it was started earlier. `tests/test_gpu_node_scripts.py` checks that a
 the server and a plain call of the CLI give the same output and exit status.
 
     server:  PYTHON aws_cli_forkserver.py serve SOCKET SCRIPT       (PYTHON: SCRIPT's interpreter)
-    call:    PYTHON -S aws_cli_forkserver.py call SOCKET [ARG ...]  (what a wrapper execs)
+    call:    PYTHON -I -S aws_cli_forkserver.py call SOCKET [ARG ...]  (what a wrapper execs)
 
 A call behaves like the program as a process: it exits with the program's status, or dies of
 the signal the program died of; SIGTERM, SIGINT, SIGHUP and SIGQUIT sent to the caller reach the

@@ -105,10 +105,7 @@ VARIANTS: dict[str, dict] = {
 def variant_config(name: str):
     from core.config import parse_config
 
-    data = default_config_data()
-    for key, value in VARIANTS.get(name, {}).items():
-        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
-    return parse_config(data)
+    return parse_config(default_config_data(**VARIANTS.get(name, {})))
 
 
 class Synth:

@@ -34,13 +34,19 @@ MOTO_ENVIRONMENT = {"MOTO_EC2_LOAD_DEFAULT_AMIS": "false"}
 
 @functools.cache
 def _default_config() -> dict[str, Any]:
-    return yaml.safe_load((REPO / "config" / "default.yaml").read_text())
+    from core.config import DEFAULT_CONFIG
+
+    return yaml.safe_load(DEFAULT_CONFIG.read_text())
 
 
-def default_config_data() -> dict[str, Any]:
+def default_config_data(**sections: Any) -> dict[str, Any]:
     """config/default.yaml as data, a fresh copy per call (the file is parsed once per process:
-    hundreds of tests start from it)."""
-    return copy.deepcopy(_default_config())
+    hundreds of tests start from it), with `sections` on top: a mapping is merged into the
+    section one level deep, any other value replaces it."""
+    data = copy.deepcopy(_default_config())
+    for key, value in sections.items():
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+    return data
 
 
 @functools.cache

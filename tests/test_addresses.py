@@ -7,13 +7,11 @@ from __future__ import annotations
 import pytest
 from cdktf import TerraformResource
 
-from tests.conftest import variant_config
 
-
-def _addresses_with(extra: dict, monkeypatch, tmp_path) -> set[str]:
-    """The Terraform address of every kubernetes_manifest of the edge-cognito workload stack
-    when the workload gains `extra`'s objects, FIRST in its manifests, built without
-    synthesizing (the construct tree already has the final ids)."""
+def _addresses_with(extra: dict, config, monkeypatch, tmp_path) -> set[str]:
+    """The Terraform address of every kubernetes_manifest of `config`'s workload stack when the
+    workload gains `extra`'s objects, FIRST in its manifests, built without synthesizing (the
+    construct tree already has the final ids)."""
     import stacks.workload
     from modules.comfyui import comfyui_manifests
     from stacks.app import build_app
@@ -22,7 +20,6 @@ def _addresses_with(extra: dict, monkeypatch, tmp_path) -> set[str]:
         return {**extra, **comfyui_manifests(**kwargs)}
 
     monkeypatch.setattr(stacks.workload, "comfyui_manifests", with_extra)
-    config = variant_config("edge-cognito")
     app = build_app(config, outdir=tmp_path)
     workload = next(s for s in app.node.children if s.node.id == config.stack_name("workload"))
     return {
@@ -34,9 +31,8 @@ def _addresses_with(extra: dict, monkeypatch, tmp_path) -> set[str]:
 
 def test_adding_a_manifest_renames_nothing(synth_variants, monkeypatch, tmp_path):
     """The addresses as synthesized, then with one object more: the new one is all that changes."""
-    before = {
-        f"kubernetes_manifest.{i}" for i in synth_variants["edge-cognito"].resources("workload", "kubernetes_manifest")
-    }
+    synth = synth_variants["edge-cognito"]
+    before = {f"kubernetes_manifest.{i}" for i in synth.resources("workload", "kubernetes_manifest")}
     extra = {
         "comfyui_extra_configmap": {
             "apiVersion": "v1",
@@ -44,7 +40,7 @@ def test_adding_a_manifest_renames_nothing(synth_variants, monkeypatch, tmp_path
             "metadata": {"name": "x", "namespace": "comfyui"},
         }
     }
-    after = _addresses_with(extra, monkeypatch, tmp_path)
+    after = _addresses_with(extra, synth.config, monkeypatch, tmp_path)
     assert before < after
     assert after - before == {"kubernetes_manifest.comfyui_extra_configmap"}
 

@@ -100,11 +100,8 @@ def put(s3: Any, *names: str, size: int = 10) -> None:
 
 
 def config_file(tmp_path: Path, **changes: Any) -> Path:
-    data = default_config_data()
-    for key, value in changes.items():
-        data[key] = {**data[key], **value}
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(data))
+    path.write_text(yaml.safe_dump(default_config_data(**changes)))
     return path
 
 

@@ -27,10 +27,7 @@ GUARD = REPO / "modules" / "hooks" / "require-empty-bucket.sh"
 
 
 def _config(**sections):
-    data = default_config_data()
-    for key, value in sections.items():
-        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
-    return parse_config(data)
+    return parse_config(default_config_data(**sections))
 
 
 def _ref_key(ref: str) -> str:

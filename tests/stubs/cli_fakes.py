@@ -392,10 +392,7 @@ class Env:
     def config(self, **overrides: Any) -> Path:
         """Write the configuration: config/default.yaml with moto's account and `overrides`
         (one level deep merge)."""
-        data = default_config_data()
-        data["account_id"] = ACCOUNT
-        for key, value in overrides.items():
-            data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+        data = default_config_data(**{"account_id": ACCOUNT, **overrides})
         self.config_path = self.root / "config.yaml"
         self.config_path.write_text(yaml.safe_dump(data))
         return self.config_path

@@ -19,7 +19,7 @@ State file layout:
 from __future__ import annotations
 
 # A stub runs once per command the script calls (~150 times per test run), under `python -I -S`:
-# it imports only what it needs (json), not pathlib or hashlib (~15 ms more per call).
+# it imports only what it needs (json), not pathlib or hashlib (~10 ms more per call).
 import json
 import os
 import sys
