@@ -43,7 +43,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tests.module_types import check as check_module_type
@@ -87,6 +87,7 @@ KEPT_META_ARGUMENTS = ("//", "count", "for_each", "depends_on", "lifecycle", "pr
 MODULE_META_ARGUMENTS = frozenset({"//", "source", "version", "providers", "depends_on", "count", "for_each"})
 STUB_DIR = "harness_modules"
 STACK_FILE = "cdk.tf.json"
+ROOT_FILE = "main.tf.json"  # the root module of a run together
 HARNESS_PREFIX = "harness_"  # names the harness adds to a copy (locals)
 
 # How module_types.check words an attribute that Terraform would silently drop.
@@ -701,6 +702,9 @@ class Report:
     seconds: float  # preparing the directory and validating
     same_as: str = ""  # the identical copy whose validation this reuses
     directory: str = ""  # the validated copy, to look at
+    # False when a diagnostic of a run together may belong to another stack (it is in the
+    # root's file: a shared provider configuration)
+    exact: bool = True
 
     @property
     def errors(self) -> list[Diagnostic]:
@@ -835,28 +839,32 @@ class Validator:
 
         Each stack's directory is a module of the root (`module "mNNN" { source = "./mNNN" }`):
         Terraform validates every module of the configuration, and an error in one module does
-        not hide the others. A child's backend block is ignored with a warning. Diagnostics are
-        told apart by their file (`mNNN/cdk.tf.json`); one without a file goes to every stack.
+        not hide the others. A child's backend block is ignored with a warning. Identical
+        provider configurations are declared once, in the root (:func:`share_providers`).
+        Diagnostics are told apart by their file (`mNNN/cdk.tf.json`); one without a file, or
+        in the root's file (a shared provider configuration), goes to every stack: reports
+        with such a diagnostic are not exact (:meth:`validate` validates again apart).
         """
         start = time.monotonic()
         installed = self.installed_providers()
         root = self.workdir / "runs" / f"{next(self._counter):03d}-together"
-        members = {f"m{i:03d}": stack for i, stack in enumerate(stacks)}
+        root_config, members = share_providers({f"m{i:03d}": stack for i, stack in enumerate(stacks)})
         paths = {name: write_stack(stack, root / name) for name, stack in members.items()}
-        modules = {name: {"source": f"./{name}"} for name in members}
-        (root / "main.tf.json").write_text(json.dumps({"module": modules}, indent=1))
+        (root / ROOT_FILE).write_text(json.dumps(root_config, indent=1))
         (root / ".terraform").mkdir()
         (root / ".terraform" / "providers").symlink_to(installed / ".terraform" / "providers")
         shutil.copy(installed / ".terraform.lock.hcl", root / ".terraform.lock.hcl")
         self._checked(["get"], root)
         raw = _validate_json(self.terraform(["validate", "-json"], root), root)
         mine: dict[str, list[dict]] = {name: [] for name in members}
+        exact = True
         for diag in raw.get("diagnostics", []):
             filename = (diag.get("range") or {}).get("filename", "")
             owner, _, rest = filename.partition("/")
             if owner in mine and rest:
                 mine[owner].append({**diag, "range": {**diag["range"], "filename": rest}})
             else:
+                exact = exact and filename != ROOT_FILE
                 for found in mine.values():
                     found.append(diag)
         seconds = time.monotonic() - start
@@ -867,6 +875,7 @@ class Validator:
                 list(stack.problems),
                 seconds,
                 directory=str(root / name),
+                exact=exact,
             )
             for name, stack in members.items()
         ]
@@ -892,10 +901,54 @@ class Validator:
         for prepared in stacks:
             unique.setdefault(prepared.digest(), prepared)
         together = self.validate_together(list(unique.values()))
-        if any(report.errors for report in together):
+        if any(report.errors or not report.exact for report in together):
             together = self.validate_apart(list(unique.values()))
         reports = dict(zip(unique, together, strict=True))
         return {p.name: _relabel(reports[p.digest()], p) for p in stacks}
+
+
+def share_providers(members: Mapping[str, PreparedStack]) -> tuple[dict, dict[str, PreparedStack]]:
+    """The root module of a run together, and the members with their shareable provider
+    configurations moved into it.
+
+    Terraform starts one provider process per provider configuration of every module it
+    validates (~0.6 s of CPU each for aws). The stacks' configurations are literal and differ
+    only by their default tags, so configurations with the same JSON are declared once in the
+    root (aliased) and passed to each module that had one (`providers = {aws = aws.shared0}`):
+    every configuration is still validated, once. Only a provider's single default block
+    without a reference (`${`) moves, and only where the module requires the provider as the
+    others do; anything else stays in its module, as written.
+    """
+    required: dict[str, dict] = {}
+    shared: dict[tuple[str, str], str] = {}  # (provider, JSON of its block) -> alias
+    blocks: dict[str, list[dict]] = {}
+    modules: dict[str, dict] = {}
+    out: dict[str, PreparedStack] = {}
+    for name, stack in members.items():
+        modules[name] = {"source": f"./{name}"}
+        declared = stack.config.get("provider", {})
+        wanted = stack.config.get("terraform", {}).get("required_providers", {})
+        moved = {}
+        for provider, provider_blocks in declared.items():
+            text = json.dumps(provider_blocks[0], sort_keys=True) if len(provider_blocks) == 1 else ""
+            if not text or "alias" in provider_blocks[0] or "${" in text or provider not in wanted:
+                continue
+            if required.setdefault(provider, wanted[provider]) != wanted[provider]:
+                continue
+            if (provider, text) not in shared:
+                shared[provider, text] = f"shared{len(shared)}"
+                blocks.setdefault(provider, []).append({**provider_blocks[0], "alias": shared[provider, text]})
+            moved[provider] = f"{provider}.{shared[provider, text]}"
+        if moved:
+            modules[name]["providers"] = moved
+            kept = {k: v for k, v in declared.items() if k not in moved}
+            config = {k: v for k, v in stack.config.items() if k != "provider"}
+            stack = replace(stack, config={**config, "provider": kept} if kept else config)
+        out[name] = stack
+    root: dict = {"module": modules}
+    if blocks:
+        root = {"terraform": {"required_providers": {p: required[p] for p in blocks}}, "provider": blocks, **root}
+    return root, out
 
 
 def _validate_json(result: subprocess.CompletedProcess, directory: Path) -> dict:
@@ -912,7 +965,9 @@ def _relabel(report: Report, prepared: PreparedStack) -> Report:
     """The report of an identical copy, under this stack's name."""
     if report.stack == prepared.name:
         return report
-    return Report(prepared.name, report.diagnostics, list(prepared.problems), 0.0, report.stack, report.directory)
+    return Report(
+        prepared.name, report.diagnostics, list(prepared.problems), 0.0, report.stack, report.directory, report.exact
+    )
 
 
 def cli_config_text(mirror: Mirror) -> str:

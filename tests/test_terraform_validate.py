@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,7 @@ from tests.terraform_validate import (
     render_json,
     rewrite_expression,
     rewrite_template,
+    share_providers,
 )
 from tests.terraform_validate import Rename as R
 
@@ -399,6 +401,81 @@ def test_failure_message_lists_errors_and_warnings_only_with_errors():
     assert not Report("v/s", [warning], ["harness: x"], 1.0).ok
 
 
+def _tagged(stack_tag: str, **provider) -> PreparedStack:
+    stack = _stack()
+    stack["provider"]["aws"][0].update(default_tags=[{"tags": {"Stack": stack_tag}}], **provider)
+    return _prepare(stack, MIRROR_6)
+
+
+def test_identical_provider_configurations_are_declared_once_in_the_root():
+    members = {
+        "m000": _tagged("a"),
+        "m001": _tagged("b"),
+        "m002": _tagged("a"),
+        "m003": _tagged("a", region="${var.region}"),  # a reference: it stays in its module
+        "m004": _tagged("a", alias="east"),  # an aliased block: it stays too
+    }
+    before = copy.deepcopy({name: stack.config for name, stack in members.items()})
+    root, out = share_providers(members)
+    assert root["terraform"]["required_providers"] == {
+        "aws": members["m000"].config["terraform"]["required_providers"]["aws"]
+    }
+    assert [block["alias"] for block in root["provider"]["aws"]] == ["shared0", "shared1"]
+    assert [block["default_tags"] for block in root["provider"]["aws"]] == [
+        [{"tags": {"Stack": "a"}}],
+        [{"tags": {"Stack": "b"}}],
+    ]
+    providers = {name: call.get("providers") for name, call in root["module"].items()}
+    assert providers == {
+        "m000": {"aws": "aws.shared0"},
+        "m001": {"aws": "aws.shared1"},
+        "m002": {"aws": "aws.shared0"},
+        "m003": None,
+        "m004": None,
+    }
+    assert all(root["module"][name]["source"] == f"./{name}" for name in members)
+    assert [("provider" in out[name].config) for name in members] == [False, False, False, True, True]
+    assert out["m003"] is members["m003"] and out["m004"] is members["m004"]
+    # the members' own copies are left as they were (validating apart writes them again)
+    assert {name: stack.config for name, stack in members.items()} == before
+
+
+def test_a_diagnostic_in_a_shared_provider_configuration_makes_every_stack_validate_apart(tmp_path):
+    """Terraform reports a shared configuration's problem in the root's file, which does not say
+    whose it is: the together reports are not exact, and `validate` validates each stack apart."""
+
+    runs: list[str] = []
+
+    class Scripted(Validator):
+        def installed_providers(self) -> Path:
+            installed = tmp_path / "installed"
+            (installed / ".terraform" / "providers").mkdir(parents=True, exist_ok=True)
+            (installed / ".terraform.lock.hcl").write_text("")
+            return installed
+
+        def terraform(self, args, cwd):
+            runs.append(f"{args[0]} {cwd.name}")
+            diagnostics = []
+            if args[0] == "validate" and cwd.name.endswith("-together"):
+                where = {"filename": "main.tf.json", "start": {"line": 9}, "end": {"line": 9}}
+                diagnostics = [{"severity": "warning", "summary": "Deprecated attribute", "range": where}]
+            out = json.dumps({"valid": True, "diagnostics": diagnostics})
+            return subprocess.CompletedProcess(args, 0, out, "")
+
+    validator = Scripted(Toolchain("terraform", MIRROR_6), tmp_path / "work")
+    stacks = [_tagged("a"), replace(_tagged("b"), name="test/other")]
+    together = validator.validate_together(stacks)
+    assert [r.exact for r in together] == [False, False]
+    assert all(r.warnings for r in together)
+    reports = validator.validate(stacks)
+    assert [r.exact for r in reports.values()] == [True, True]
+    assert not any(r.diagnostics for r in reports.values())
+    assert sorted(reports) == ["test/other", "test/stack"]
+    validations = [run for run in runs if run.startswith("validate")]
+    assert len(validations) == 4 and validations[1].endswith("-together"), runs  # then each apart
+    assert not any(run.endswith("-together") for run in validations[2:]), runs
+
+
 def test_mirror_discovery_picks_the_newest_aws_for_this_platform(tmp_path):
 
     for version, plat in (("5.99.0", platform_tag()), ("5.100.0", platform_tag()), ("6.0.0", "plan9_mips")):
@@ -603,6 +680,11 @@ def test_every_stack_was_validated_in_one_run(validated):
     """The stacks pass, so the together run stood: all of them in one directory."""
     roots = {Path(r.directory).parent for r in validated.stacks.values()}
     assert len(roots) == 1 and next(iter(roots)).name.endswith("-together"), roots
+    # with one aws configuration per stack kind, not per stack: every module was given one
+    root = json.loads((roots.pop() / "main.tf.json").read_text())
+    shared = {f"aws.{block['alias']}" for block in root["provider"]["aws"]}
+    assert {call["providers"]["aws"] for call in root["module"].values()} == shared
+    assert len(shared) < len(root["module"]), root
 
 
 def test_a_decoding_error_makes_every_stack_validate_on_its_own(validated):
