@@ -161,13 +161,20 @@ def synth_variants(tmp_path_factory, synth) -> dict[str, Synth]:
     return out
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """No garbage collection while collecting (see below)."""
+    gc.disable()
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Garbage collection in a worker, made cheaper: full collections walked every object alive
-    (~30 per worker, ~0.2 s each; 7.5 s of a worker's CPU by gc.callbacks). What collection
-    loaded (botocore, moto, jsii, hypothesis, the test modules: ~190,000 objects, alive until
-    the end) is frozen out of every later collection, and a full collection waits for 100
-    younger ones instead of 10. Only cyclic garbage waits longer; reference counting frees the
-    rest at once, as before. Measured with both: ~3-4 s of GC per worker."""
-    gc.collect()
+    """Garbage collection in a worker, made cheaper. A full collection walks every object alive
+    (~0.2 s each); with CPython's thresholds a worker ran ~30, 7.5 s of its CPU (measured
+    with gc.callbacks). Collection itself (imports, assertion rewriting: ~190,000 objects,
+    alive until the end) makes almost no garbage, but its allocations alone set off ~15 full
+    collections: it runs with the collector off. What it loaded is then frozen out of every
+    later collection, and a full collection waits for 1,000 younger ones, which the ~400 of a
+    worker's run never reach: the young generations, where cycles are freed, are collected as
+    before, and reference counting frees everything else at once. GC per worker: ~1 s."""
     gc.freeze()
-    gc.set_threshold(700, 10, 100)  # CPython's defaults but the last (10)
+    gc.set_threshold(700, 10, 1000)  # CPython's defaults but the last (10)
+    gc.enable()
