@@ -180,3 +180,28 @@ def test_the_caller_imports_only_built_in_modules():
         check=True,
     )
     assert set(result.stdout.split()) <= CALLER_IMPORTS, result.stdout
+
+
+def test_sessions_share_one_loaded_data_loader_per_data_path(monkeypatch, tmp_path):
+    """What the server does before serving (with this process's botocore, the v1 CLI's): every
+    session with the CLI's data path gets one loader, whose caches already hold the warmed
+    services' models; the models are those a fresh loader reads; another data path gets a
+    loader of its own."""
+    import botocore.loaders
+    import botocore.session
+
+    from tests.aws_cli_forkserver import WARM_SERVICES, _share_data_loader
+
+    data_path = str(tmp_path / "no-models-here")
+    monkeypatch.setattr(botocore.session, "create_loader", botocore.session.create_loader)  # restored after
+    _share_data_loader(data_path)
+    monkeypatch.setenv("AWS_DATA_PATH", data_path)
+    first, second = (botocore.session.Session().get_component("data_loader") for _ in range(2))
+    assert first is second
+    cached = {key[1:] for key in first._cache if key[0] == "load_service_model"}  # botocore's instance_cache
+    assert {(service, "service-2") for service in WARM_SERVICES} <= cached
+    fresh = botocore.loaders.create_loader(data_path)
+    for service in WARM_SERVICES:
+        assert first.load_service_model(service, "service-2") == fresh.load_service_model(service, "service-2")
+    monkeypatch.setenv("AWS_DATA_PATH", str(tmp_path))
+    assert botocore.session.Session().get_component("data_loader") is not first
