@@ -12,8 +12,10 @@ import pytest
 
 from tests import aws_cli
 from tests.helpers import MOTO_ENVIRONMENT, default_config_data, start_moto_server, tool
+from tests.jsii_loads import defer_assembly_loads
 
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
+defer_assembly_loads()  # a worker that builds no construct never starts Node.js
 for key, value in MOTO_ENVIRONMENT.items():  # in-process moto (mock_aws) reads them when used
     os.environ.setdefault(key, value)
 
