@@ -10,7 +10,7 @@ environment, working directory and standard input, output and error (passed as d
 over a Unix socket). The code that runs is the installed CLI's, unchanged; only the process
 that runs it was started earlier, and the data files most calls read (service models,
 endpoints) were already loaded into the data loader their botocore session gets
-(:func:`_share_data_loader`). `tests/test_gpu_node_scripts.py` checks that a call through
+(:func:`_share_data_loader`). `tests/test_aws_cli_forkserver.py` checks that a call through
 the server and a plain call of the CLI give the same output and exit status.
 
     server:  PYTHON aws_cli_forkserver.py serve SOCKET SCRIPT       (PYTHON: SCRIPT's interpreter)

@@ -28,6 +28,7 @@ from tests.conftest import DEFAULT_VARIANT, VARIANTS
 from tests.module_types import Collection, Object, Primitive, parse_type
 from tests.terraform_validate import (
     NEWER_AWS_ARGUMENTS,
+    ROOT_FILE,
     STACK_FILE,
     Diagnostic,
     Interface,
@@ -457,7 +458,7 @@ def test_a_diagnostic_in_a_shared_provider_configuration_makes_every_stack_valid
             runs.append(f"{args[0]} {cwd.name}")
             diagnostics = []
             if args[0] == "validate" and cwd.name.endswith("-together"):
-                where = {"filename": "main.tf.json", "start": {"line": 9}, "end": {"line": 9}}
+                where = {"filename": ROOT_FILE, "start": {"line": 9}, "end": {"line": 9}}
                 diagnostics = [{"severity": "warning", "summary": "Deprecated attribute", "range": where}]
             out = json.dumps({"valid": True, "diagnostics": diagnostics})
             return subprocess.CompletedProcess(args, 0, out, "")
@@ -681,7 +682,7 @@ def test_every_stack_was_validated_in_one_run(validated):
     roots = {Path(r.directory).parent for r in validated.stacks.values()}
     assert len(roots) == 1 and next(iter(roots)).name.endswith("-together"), roots
     # with one aws configuration per stack kind, not per stack: every module was given one
-    root = json.loads((roots.pop() / "main.tf.json").read_text())
+    root = json.loads((roots.pop() / ROOT_FILE).read_text())
     shared = {f"aws.{block['alias']}" for block in root["provider"]["aws"]}
     assert {call["providers"]["aws"] for call in root["module"].values()} == shared
     assert len(shared) < len(root["module"]), root
