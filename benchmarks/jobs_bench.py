@@ -74,11 +74,8 @@ STEPS = 20  # sampler steps per job: the fake's step delay is generation / STEPS
 
 
 def start_moto() -> tuple[subprocess.Popen[bytes], str]:
-    server = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or shutil.which("moto_server")
-    if not server:
-        sys.exit("moto_server not found (install the dev dependencies: moto[server])")
     try:
-        return start_moto_server(server)
+        return start_moto_server()
     except RuntimeError as exc:
         sys.exit(str(exc))
 

@@ -60,7 +60,7 @@ def tool(name: str) -> str:
 
 def start_moto() -> tuple[subprocess.Popen[bytes], str]:
     try:
-        return start_moto_server(tool("moto_server"))
+        return start_moto_server()
     except RuntimeError as exc:
         sys.exit(str(exc))
 

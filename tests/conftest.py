@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import importlib.util
 import json
 import os
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests import aws_cli
-from tests.helpers import MOTO_ENVIRONMENT, default_config_data, start_moto_server, tool
+from tests.helpers import MOTO_ENVIRONMENT, default_config_data, require, start_moto_server
 from tests.jsii_loads import defer_assembly_loads
 
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
@@ -26,7 +27,9 @@ def moto_server():
 
     The server is shared by the whole session: tests must use unique bucket names.
     """
-    proc, url = start_moto_server(tool("moto_server"))
+    has_server = importlib.util.find_spec("flask") is not None
+    require(has_server, "moto's server needs moto[server] (scripts/test.sh installs it)")
+    proc, url = start_moto_server()
     try:
         yield url
     finally:

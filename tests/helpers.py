@@ -150,8 +150,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_moto_server(server: str, *, attempts: int = 3) -> tuple[subprocess.Popen[bytes], str]:
-    """`server` (moto_server) on 127.0.0.1, answering: (its process, its endpoint URL).
+# moto's server, as the tests and benchmarks start it (see that file for why not `moto_server`).
+MOTO_SERVER = REPO / "tests" / "moto_server.py"
+
+
+def start_moto_server(*, attempts: int = 3) -> tuple[subprocess.Popen[bytes], str]:
+    """moto's server (MOTO_SERVER, under this interpreter: the Pipfile's moto) on 127.0.0.1,
+    answering: (its process, its endpoint URL).
 
     The port is free when chosen but bound later: if another process takes it in between,
     moto exits at once and a fresh port is tried. Raises RuntimeError after `attempts`."""
@@ -160,7 +165,7 @@ def start_moto_server(server: str, *, attempts: int = 3) -> tuple[subprocess.Pop
     for _attempt in range(attempts):
         port = free_port()
         proc = subprocess.Popen(
-            [server, "-H", "127.0.0.1", "-p", str(port)],
+            [sys.executable, str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(port)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             env={**MOTO_ENVIRONMENT, **os.environ},
