@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-import yaml
+
+from tests.helpers import load_yaml
 
 
 def _strict(schema: Any) -> Any:
@@ -37,7 +38,7 @@ def _strict(schema: Any) -> Any:
 
 
 def load_validator(crd_path: Path, version: str = "v1") -> jsonschema.Validator:
-    crd = yaml.safe_load(crd_path.read_text())
+    crd = load_yaml(crd_path.read_text())
     spec = next(v for v in crd["spec"]["versions"] if v["name"] == version)
     schema = _strict(copy.deepcopy(spec["schema"]["openAPIV3Schema"]))
     # metadata is validated by the API server, not by the CRD schema.

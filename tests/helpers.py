@@ -32,11 +32,31 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 MOTO_ENVIRONMENT = {"MOTO_EC2_LOAD_DEFAULT_AMIS": "false"}
 
 
+# PyYAML's libyaml (C) classes, for the documents the tests read and write in bulk (CRD
+# schemas, every variant's Kubernetes objects for checkov, a configuration per CLI test): the
+# same data as yaml.safe_load/safe_dump for a tenth of the CPU or less (a CRD: 4 ms instead
+# of 50). Snapshot texts keep the pure-Python dumper, whose output they were written with.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_YAML_LOADER)  # noqa: S506 (CSafeLoader or SafeLoader: both safe)
+
+
+def dump_yaml(data: Any, **kwargs: Any) -> str:
+    return yaml.dump(data, Dumper=_YAML_DUMPER, **kwargs)
+
+
+def dump_yaml_all(documents: list[Any], **kwargs: Any) -> str:
+    return yaml.dump_all(documents, Dumper=_YAML_DUMPER, **kwargs)
+
+
 @functools.cache
 def _default_config() -> dict[str, Any]:
     from core.config import DEFAULT_CONFIG
 
-    return yaml.safe_load(DEFAULT_CONFIG.read_text())
+    return load_yaml(DEFAULT_CONFIG.read_text())
 
 
 def default_config_data(**sections: Any) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import REPO, require
+from tests.helpers import REPO, dump_yaml_all, require
 from tests.k8s import terraform_literal
 
 CHECKOV_CONFIGS = {"terraform_json": REPO / ".checkov.yaml", "kubernetes": REPO / ".checkov-kubernetes.yaml"}
@@ -103,13 +103,13 @@ def checkov_scan(synth, synth_variants, tmp_path_factory) -> Scan:
             stacks.append(directory / f"{variant}--{name}.tf.json")
             stacks[-1].write_bytes(path.read_bytes())
         manifests.append(directory / f"{variant}.yaml")
-        manifests[-1].write_text(yaml.safe_dump_all(rendered_manifests(variant_synth), sort_keys=True))
+        manifests[-1].write_text(dump_yaml_all(rendered_manifests(variant_synth), sort_keys=True))
     objects = rendered_manifests(synth)
     deployment = next(o for o in objects if o["kind"] == "Deployment")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     container["securityContext"] = {"privileged": True, "runAsUser": 0}
     weakened = directory / "weakened.yaml"
-    weakened.write_text(yaml.safe_dump_all(objects))
+    weakened.write_text(dump_yaml_all(objects))
     reports = scan([*stacks, *manifests, weakened], merged_config(directory))
     assert set(reports) == set(CHECKOV_CONFIGS), f"checkov reported {sorted(reports)}"
     return Scan(reports, stacks, manifests, weakened)

@@ -22,9 +22,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.helpers import REPO, tool
+from tests.helpers import REPO, load_yaml, tool
 from tests.test_iam_policies import _parliament
 
 WORKFLOWS = sorted((REPO / ".github" / "workflows").glob("*.yml"))
@@ -65,7 +64,7 @@ USES_LINE = re.compile(r"^\s*(?:-\s+)?uses:\s*(?P<ref>\S+)\s*(?:#\s*(?P<comment>
 
 
 def load_workflow(path: Path) -> dict:
-    doc = yaml.safe_load(path.read_text())
+    doc = load_yaml(path.read_text())
     doc["on"] = doc.pop(True, doc.get("on"))  # YAML 1.1 reads the key `on` as true
     return doc
 

@@ -18,11 +18,10 @@ from typing import Any
 
 import boto3  # type: ignore[import-untyped]
 import pytest
-import yaml
 from botocore.stub import Stubber  # type: ignore[import-untyped]
 
 from comfyui_eks import cli, cost, prices
-from tests.helpers import default_config_data
+from tests.helpers import default_config_data, dump_yaml
 
 Json = dict[str, Any]
 D = Decimal
@@ -71,7 +70,7 @@ def config_file(tmp_path: Path, **changes: Any) -> Path:
     """config/default.yaml with `changes` merged in (nested dicts merge, other values replace)."""
     data = default_config_data()
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(_merge(data, changes)))
+    path.write_text(dump_yaml(_merge(data, changes)))
     return path
 
 

@@ -22,7 +22,7 @@ from moto import mock_aws
 
 from comfyui_eks import cli, models
 from comfyui_eks.workflows import BUCKET_FOLDERS
-from tests.helpers import REPO, default_config_data
+from tests.helpers import REPO, default_config_data, dump_yaml
 
 Json = dict[str, Any]
 BUCKET = "comfyui-models-111122223333-us-west-2"
@@ -101,7 +101,7 @@ def put(s3: Any, *names: str, size: int = 10) -> None:
 
 def config_file(tmp_path: Path, **changes: Any) -> Path:
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(default_config_data(**changes)))
+    path.write_text(dump_yaml(default_config_data(**changes)))
     return path
 
 

@@ -23,10 +23,9 @@ from typing import Any
 
 import boto3
 import pytest
-import yaml
 from botocore.exceptions import ClientError
 
-from tests.helpers import default_config_data, mock_aws_keeping_session, use_shared_boto3_session
+from tests.helpers import default_config_data, dump_yaml, mock_aws_keeping_session, use_shared_boto3_session
 
 STUB = Path(__file__).resolve().parent / "cli_stub.sh"
 TOOLS = ("terraform", "kubectl", "aws")
@@ -394,7 +393,7 @@ class Env:
         (one level deep merge)."""
         data = default_config_data(**{"account_id": ACCOUNT, **overrides})
         self.config_path = self.root / "config.yaml"
-        self.config_path.write_text(yaml.safe_dump(data))
+        self.config_path.write_text(dump_yaml(data))
         return self.config_path
 
     def run(self, *args: str) -> Result:
