@@ -135,9 +135,10 @@ class Synth:
         return self.stack(cycle).get("resource", {}).get(rtype, {})
 
 
-def shared_synth(tmp_path_factory, name: str, config) -> Synth:
+def shared_synth(tmp_path_factory, name: str, config, *, extra_manifests: dict | None = None) -> Synth:
     """One synthesis per variant per test run, shared by pytest-xdist's workers: the first
-    worker to ask synthesizes (under a lock), the others load its output."""
+    worker to ask synthesizes (under a lock), the others load its output. `extra_manifests`
+    are Kubernetes objects the workload stack gets before its own (by resource id)."""
     import fcntl
 
     root = tmp_path_factory.getbasetemp()
@@ -148,14 +149,44 @@ def shared_synth(tmp_path_factory, name: str, config) -> Synth:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (outdir / "manifest.json").exists():
             return Synth(config, outdir, build=False)
-        return Synth(config, outdir)
+        if not extra_manifests:
+            return Synth(config, outdir)
+        import stacks.workload
+
+        own = stacks.workload.comfyui_manifests
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(stacks.workload, "comfyui_manifests", lambda **kwargs: {**extra_manifests, **own(**kwargs)})
+            return Synth(config, outdir)
+
+
+# The default configuration synthesized a second time, with one Kubernetes object more, first
+# among the workload's: test_addresses.py shows it differs from the first synthesis by that
+# object only (synthesis is deterministic; adding an object renames none). It is built right
+# after the default by the same worker, whose jsii kernel is running: a worker that started
+# one only for this test paid ~4 s of CPU.
+ONE_MORE_OBJECT = "default-one-object-more"
+EXTRA_OBJECT = {
+    "comfyui_extra_configmap": {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "x", "namespace": "comfyui"},
+    }
+}
 
 
 @pytest.fixture(scope="session")
 def synth(tmp_path_factory) -> Synth:
     from core.config import load_config
 
-    return shared_synth(tmp_path_factory, DEFAULT_VARIANT, load_config())
+    config = load_config()
+    default = shared_synth(tmp_path_factory, DEFAULT_VARIANT, config)
+    shared_synth(tmp_path_factory, ONE_MORE_OBJECT, config, extra_manifests=EXTRA_OBJECT)
+    return default
+
+
+@pytest.fixture(scope="session")
+def synth_one_object_more(tmp_path_factory, synth) -> Synth:
+    return shared_synth(tmp_path_factory, ONE_MORE_OBJECT, synth.config, extra_manifests=EXTRA_OBJECT)
 
 
 @pytest.fixture(scope="session")

@@ -4,45 +4,29 @@ destroy and recreate a live object."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
-from cdktf import TerraformResource
+
+from tests.conftest import EXTRA_OBJECT
 
 
-def _addresses_with(extra: dict, config, monkeypatch, tmp_path) -> set[str]:
-    """The Terraform address of every kubernetes_manifest of `config`'s workload stack when the
-    workload gains `extra`'s objects, FIRST in its manifests, built without synthesizing (the
-    construct tree already has the final ids)."""
-    import stacks.workload
-    from modules.comfyui import comfyui_manifests
-    from stacks.app import build_app
-
-    def with_extra(**kwargs):
-        return {**extra, **comfyui_manifests(**kwargs)}
-
-    monkeypatch.setattr(stacks.workload, "comfyui_manifests", with_extra)
-    app = build_app(config, outdir=tmp_path)
-    workload = next(s for s in app.node.children if s.node.id == config.stack_name("workload"))
-    return {
-        f"kubernetes_manifest.{node.friendly_unique_id}"
-        for node in workload.node.find_all()
-        if isinstance(node, TerraformResource) and node.terraform_resource_type == "kubernetes_manifest"
-    }
-
-
-def test_adding_a_manifest_renames_nothing(synth_variants, monkeypatch, tmp_path):
-    """The addresses as synthesized, then with one object more: the new one is all that changes."""
-    synth = synth_variants["edge-cognito"]
-    before = {f"kubernetes_manifest.{i}" for i in synth.resources("workload", "kubernetes_manifest")}
-    extra = {
-        "comfyui_extra_configmap": {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {"name": "x", "namespace": "comfyui"},
-        }
-    }
-    after = _addresses_with(extra, synth.config, monkeypatch, tmp_path)
-    assert before < after
-    assert after - before == {"kubernetes_manifest.comfyui_extra_configmap"}
+def test_a_second_synthesis_with_one_object_more_differs_by_that_object_only(synth, synth_one_object_more):
+    """The default configuration synthesized twice, the second time with one Kubernetes object
+    more, first among the workload's (conftest.py): every other stack is identical (synthesis is
+    deterministic: no timestamp, counter or random name), and so is the workload stack without
+    that object (adding an object renames none, nor changes anything else)."""
+    workload = synth.config.stack_name("workload")
+    assert synth_one_object_more.stacks.keys() == synth.stacks.keys()
+    for name, stack in synth.stacks.items():
+        if name != workload:
+            assert synth_one_object_more.stacks[name] == stack, f"{name} differs between two syntheses"
+    again = copy.deepcopy(synth_one_object_more.stacks[workload])
+    manifests = again["resource"]["kubernetes_manifest"]
+    assert manifests.keys() - synth.resources("workload", "kubernetes_manifest").keys() == EXTRA_OBJECT.keys()
+    for resource_id, obj in EXTRA_OBJECT.items():
+        assert manifests.pop(resource_id)["manifest"] == obj
+    assert again == synth.stacks[workload], "the workload stack changed beyond the added object"
 
 
 @pytest.mark.parametrize("variant", ["default", "edge-cognito"])

@@ -177,10 +177,3 @@ def test_synthesized_json_has_no_machine_paths(synth_variants):
             text = json.dumps(data)
             for marker in (*markers, str(synth.outdir)):
                 assert marker not in text, f"{name} embeds a machine path ({marker})"
-
-
-def test_synthesis_is_deterministic(synth, tmp_path):
-    from tests.conftest import Synth
-
-    again = Synth(synth.config, tmp_path / "again")
-    assert again.stacks == synth.stacks
