@@ -891,7 +891,7 @@ class Validator:
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
             return list(pool.map(self.validate_one, stacks))
 
-    def validate(self, stacks: Iterable[PreparedStack]) -> dict[str, Report]:
+    def validate(self, stacks: Iterable[PreparedStack], *, beside: Iterable[PreparedStack] = ()) -> dict[str, Report]:
         """Reports keyed by stack label; identical copies are validated once.
 
         All stacks are validated together first (one terraform). If that run reports no error,
@@ -901,16 +901,26 @@ class Validator:
         decoding one module (a misspelt argument) stops the whole run before any module is
         walked, so it would hide the other stacks' errors, and an error in one stack must not
         be reported against another.
+
+        `beside` are copies validated in the same run whose report is that run's, errors and
+        all (the harness's controls: an error Terraform finds while walking one module is
+        reported from that module's file and hides nothing in the others). Their own errors
+        do not send the stacks apart; a diagnostic that cannot be told apart does. Their
+        reports come back under their labels too.
         """
-        stacks = list(stacks)
+        stacks, beside = list(stacks), list(beside)
         unique: dict[str, PreparedStack] = {}
         for prepared in stacks:
             unique.setdefault(prepared.digest(), prepared)
-        together = self.validate_together(list(unique.values()))
+        together = self.validate_together([*unique.values(), *beside])
+        together, beside_reports = together[: len(unique)], together[len(unique) :]
         if any(report.errors or not report.exact for report in together):
             together = self.validate_apart(list(unique.values()))
         reports = dict(zip(unique, together, strict=True))
-        return {p.name: _relabel(reports[p.digest()], p) for p in stacks}
+        return {
+            **{p.name: _relabel(reports[p.digest()], p) for p in stacks},
+            **{report.stack: report for report in beside_reports},
+        }
 
 
 def share_providers(members: Mapping[str, PreparedStack]) -> tuple[dict, dict[str, PreparedStack]]:

@@ -551,11 +551,12 @@ def _prepare_control(c: Control, synth, mirror: Mirror) -> PreparedStack:
 
 @pytest.fixture(scope="session")
 def validated(synth, synth_variants, validator) -> Validated:
-    """Every stack of every variant (validated together: one terraform run), and the control
-    copies: those whose error Terraform finds while walking the configuration together too
-    (which shows such errors are reported from a module of a common root). The one whose error
-    it finds while decoding (b) goes through `validate` beside the smallest clean stack: the
-    together run fails, so each is validated again on its own, and that is b's report."""
+    """Every stack of every variant and, in the same terraform run, the control copies whose
+    error Terraform finds while walking the configuration (which shows such errors are
+    reported from their module of the common root, and leave the other modules' reports
+    alone). The one whose error it finds while decoding (b) goes through `validate` beside the
+    smallest clean stack: that together run fails, so each is validated again on its own, and
+    that is b's report."""
     mirror = validator.toolchain.mirror
     stacks = [
         prepared
@@ -569,11 +570,12 @@ def validated(synth, synth_variants, validator) -> Validated:
         prepare_synth("fallback", synth, mirror=mirror, interfaces=INTERFACES), key=lambda p: len(json.dumps(p.config))
     )
     start = time.monotonic()
-    with ThreadPoolExecutor(max_workers=3) as pool:  # three terraform runs, independent
-        stacks_run = pool.submit(validator.validate, stacks)
-        walked_run = pool.submit(validator.validate_together, [_prepare_control(c, synth, mirror) for c in walked])
+    walked_copies = [_prepare_control(c, synth, mirror) for c in walked]
+    with ThreadPoolExecutor(max_workers=2) as pool:  # two terraform runs, independent
+        stacks_run = pool.submit(validator.validate, stacks, beside=walked_copies)
         fallback_run = pool.submit(validator.validate, [clean, _prepare_control(decoded, synth, mirror)])
-        reports, walked_reports, fallback = stacks_run.result(), walked_run.result(), fallback_run.result()
+        reports, fallback = stacks_run.result(), fallback_run.result()
+    walked_reports = [reports.pop(copy_.name) for copy_ in walked_copies]
     print(f"\nterraform validate: {len(reports)} copies in {time.monotonic() - start:.1f} s", file=sys.stderr)
     for label, report in reports.items():
         where = f"same as {report.same_as}" if report.same_as else report.directory
@@ -678,9 +680,14 @@ DECODING_CONTROL = "b"
 
 
 def test_every_stack_was_validated_in_one_run(validated):
-    """The stacks pass, so the together run stood: all of them in one directory."""
+    """The stacks pass, so the together run stood: all of them in one directory, with the
+    controls whose errors Terraform finds while walking (their errors left the stacks' reports
+    alone)."""
     roots = {Path(r.directory).parent for r in validated.stacks.values()}
     assert len(roots) == 1 and next(iter(roots)).name.endswith("-together"), roots
+    controls = validated.controls.items()
+    walked = {Path(report.directory).parent for letter, (report, _) in controls if letter != DECODING_CONTROL}
+    assert walked == roots, (walked, roots)
     # with one aws configuration per stack kind, not per stack: every module was given one
     root = json.loads((roots.pop() / ROOT_FILE).read_text())
     shared = {f"aws.{block['alias']}" for block in root["provider"]["aws"]}
