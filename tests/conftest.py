@@ -174,19 +174,23 @@ EXTRA_OBJECT = {
 }
 
 
+def _synth_one_object_more(tmp_path_factory, config) -> Synth:
+    return shared_synth(tmp_path_factory, ONE_MORE_OBJECT, config, extra_manifests=EXTRA_OBJECT)
+
+
 @pytest.fixture(scope="session")
 def synth(tmp_path_factory) -> Synth:
     from core.config import load_config
 
     config = load_config()
     default = shared_synth(tmp_path_factory, DEFAULT_VARIANT, config)
-    shared_synth(tmp_path_factory, ONE_MORE_OBJECT, config, extra_manifests=EXTRA_OBJECT)
+    _synth_one_object_more(tmp_path_factory, config)  # by this worker, now (see above)
     return default
 
 
 @pytest.fixture(scope="session")
 def synth_one_object_more(tmp_path_factory, synth) -> Synth:
-    return shared_synth(tmp_path_factory, ONE_MORE_OBJECT, synth.config, extra_manifests=EXTRA_OBJECT)
+    return _synth_one_object_more(tmp_path_factory, synth.config)
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,32 @@ RUNNERS = 8
 JOBS = 15
 
 
+def claim_at_once(clients: list, table: str, job_id: str) -> list[str]:
+    """The contract's claim of `job_id` from one thread per client, released together; the
+    runners whose claim succeeded."""
+    start = threading.Barrier(len(clients))
+    won: list[str] = []
+
+    def claim(client, runner: str) -> None:
+        start.wait()
+        try:
+            client.update_item(
+                TableName=table,
+                Key={contract.JOB_ID: {"S": job_id}},
+                **contract.claim_update(runner=runner, at=contract.now()),
+            )
+            won.append(runner)
+        except ClientError as exc:
+            assert exc.response["Error"]["Code"] == "ConditionalCheckFailedException", exc
+
+    threads = [threading.Thread(target=claim, args=(c, f"runner-{i}")) for i, c in enumerate(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return won
+
+
 def test_concurrent_claims_of_one_job_give_one_claim(moto_server):
     """Each job is claimed by RUNNERS threads at once (the contract's claim, each thread with a
     client of its own); exactly one claim succeeds and the item counts one attempt. Without the
@@ -26,36 +52,14 @@ def test_concurrent_claims_of_one_job_give_one_claim(moto_server):
     doubles = {}
     for _ in range(JOBS):
         job_id = uuid.uuid4().hex
-        at = contract.now()
-        ddb.put_item(
-            TableName=table,
-            Item={
-                contract.JOB_ID: {"S": job_id},
-                contract.STATUS: {"S": contract.QUEUED},
-                contract.CREATED_AT: {"N": str(at)},
-            },
-        )
-        start = threading.Barrier(RUNNERS)
-        won: list[str] = []
-
-        def claim(client, runner: str, job_id: str = job_id, start: threading.Barrier = start, won=won) -> None:
-            start.wait()
-            try:
-                client.update_item(
-                    TableName=table,
-                    Key={contract.JOB_ID: {"S": job_id}},
-                    **contract.claim_update(runner=runner, at=contract.now()),
-                )
-                won.append(runner)
-            except ClientError as exc:
-                assert exc.response["Error"]["Code"] == "ConditionalCheckFailedException", exc
-
-        threads = [threading.Thread(target=claim, args=(c, f"runner-{i}")) for i, c in enumerate(clients)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
-        item = ddb.get_item(TableName=table, Key={contract.JOB_ID: {"S": job_id}})["Item"]
-        if len(won) != 1 or item[contract.ATTEMPTS]["N"] != "1":
-            doubles[job_id] = (won, item[contract.ATTEMPTS]["N"])
+        item = {
+            contract.JOB_ID: {"S": job_id},
+            contract.STATUS: {"S": contract.QUEUED},
+            contract.CREATED_AT: {"N": str(contract.now())},
+        }
+        ddb.put_item(TableName=table, Item=item)
+        won = claim_at_once(clients, table, job_id)
+        attempts = ddb.get_item(TableName=table, Key={contract.JOB_ID: {"S": job_id}})["Item"][contract.ATTEMPTS]["N"]
+        if len(won) != 1 or attempts != "1":
+            doubles[job_id] = (won, attempts)
     assert not doubles, f"claims that were not one (winners, attempts): {doubles}"
