@@ -20,4 +20,9 @@ export CHECKOV_BIN="$PWD/.venv-checkov/bin/checkov"
 # (--dist loadfile): its module fixtures are built once, and while a file waits (job leases,
 # fleet timeouts) the other worker keeps its core busy. Paired with xdist's default
 # (--dist load), 3 runs: 0.94 of the wall time, 0.96 of the CPU (docs/benchmarks.md).
-exec "$PIPENV" run pytest -n "${PYTEST_WORKERS:-2}" --dist loadfile "$@"
+# pipenv sets PYTHONDONTWRITEBYTECODE=1 for everything it runs (pipenv/environments.py, "avoid
+# resolver.py uses the wrong byte code files"): every worker and every Python program a test
+# starts would compile the project's modules and the tests from source again. Python's own
+# default writes them to __pycache__/ (ignored by git, left out of the Lambda packages):
+# paired on fresh clones, 3 runs, 0.92 of the wall time (docs/benchmarks.md).
+exec "$PIPENV" run env -u PYTHONDONTWRITEBYTECODE pytest -n "${PYTEST_WORKERS:-2}" --dist loadfile "$@"
