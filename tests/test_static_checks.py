@@ -65,12 +65,8 @@ def test_mypy():
 
 
 def test_mypy_pod_programs():
-    run(
-        "mypy",
-        "--config-file",
-        "pyproject.toml",
-        "--cache-dir",
-        ".mypy_cache/pod",
-        *python_files(POD),
-        env={"MYPYPATH": os.pathsep.join(POD_SIBLINGS)},
-    )
+    """Same cache as the code's run: the modules differ by name (`contract` here,
+    `lambda_src.jobs.contract` there), and what both import (the standard library, boto3's
+    stubs) is analysed once: 0.3 instead of 1.4 CPU-s on a fresh clone. A type error in a pod
+    program, or in a sibling it imports, still fails either run whichever ran first."""
+    run("mypy", "--config-file", "pyproject.toml", *python_files(POD), env={"MYPYPATH": os.pathsep.join(POD_SIBLINGS)})
