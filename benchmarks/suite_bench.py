@@ -49,7 +49,7 @@ def clone(sha: str, workdir: Path) -> Path:
         subprocess.run(["git", "clone", "--quiet", "--no-checkout", str(REPO), str(directory)], check=True)
         git("checkout", "--quiet", "--detach", sha, cwd=directory)
         print(f"{sha[:12]}: installing its test environments (not timed)", flush=True)
-        run_tests(directory, ["--collect-only", "-q"], timed=False)
+        run_test_script(directory, ["--collect-only", "-q"])
     return directory
 
 
@@ -64,7 +64,9 @@ def forget_caches(directory: Path) -> None:
             dirs.remove("__pycache__")
 
 
-def run_tests(directory: Path, pytest_args: list[str], *, timed: bool = True) -> Run:
+def run_test_script(directory: Path, pytest_args: list[str]) -> tuple[str, float, float]:
+    """`scripts/test.sh` in `directory`: its output, wall time and CPU time (every process of
+    the run that was waited for). Stops the benchmark if it fails."""
     with tempfile.TemporaryFile() as out:
         start = time.perf_counter()
         proc = subprocess.Popen(["bash", "scripts/test.sh", *pytest_args], cwd=directory, stdout=out, stderr=out)
@@ -74,10 +76,15 @@ def run_tests(directory: Path, pytest_args: list[str], *, timed: bool = True) ->
         text = out.read().decode(errors="replace")
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{directory.name}: scripts/test.sh failed:\n{text[-4000:]}")
-    found = SUMMARY.findall(text) if timed else ["0"]
+    return text, wall, usage.ru_utime + usage.ru_stime
+
+
+def measure(directory: Path, pytest_args: list[str]) -> Run:
+    text, wall, cpu = run_test_script(directory, pytest_args)
+    found = SUMMARY.findall(text)
     if not found:
         raise SystemExit(f"{directory.name}: no pytest summary line in the output:\n{text[-2000:]}")
-    return Run(pytest_s=float(found[-1]), wall_s=wall, cpu_s=usage.ru_utime + usage.ru_stime)
+    return Run(pytest_s=float(found[-1]), wall_s=wall, cpu_s=cpu)
 
 
 def main() -> None:
@@ -100,7 +107,7 @@ def main() -> None:
         for side in ("base", "head"):
             if not args.warm:
                 forget_caches(directories[side])
-            runs[side].append(run_tests(directories[side], pytest_args))
+            runs[side].append(measure(directories[side], pytest_args))
         b, h = runs["base"][-1], runs["head"][-1]
         ratios.append((h.wall_s / b.wall_s, h.cpu_s / b.cpu_s))
         print(
