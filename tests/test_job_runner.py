@@ -858,6 +858,48 @@ def test_killed_runner_job_runs_again_elsewhere_and_completes_once(
     wait_until(lambda: jobs.messages() == (0, 0), 5, "message deleted")
 
 
+def test_a_late_claim_keeps_its_message_hidden_until_the_lease_has_expired(
+    jr: ModuleType,
+    jobs: Jobs,
+    fakes: Callable[..., FakeComfyUI],
+    monkeypatch: pytest.MonkeyPatch,
+    runners: Any,
+    tmp_path: Path,
+) -> None:
+    """A message is hidden from its receive on, a lease runs from its claim: a claim that comes
+    late (a retried conditional write, a slow ComfyUI probe) must not let the message show
+    while the lease still runs, or a runner dying right after the claim costs the job a receive
+    (the next claim is refused and the message hidden again; after max receives the job is
+    dead-lettered). Here the first claim comes 2 s after its receive, the slack is 1 s, and its
+    runner dies right after claiming (no renewal, no release): the next runner's receive must
+    claim the job."""
+    lease, slack, late = 1, 1, 2.0
+    claim = jr.JobTable.claim
+    attempts: list[int] = []
+
+    def late_first_claim(table: Any, job_id: str) -> Any:
+        if not attempts:
+            time.sleep(late)
+        return claim(table, job_id)
+
+    def dies(run: Any) -> None:
+        attempts.append(run.attempt)
+        run.runner.request_stop()  # its loop ends: no renewal, no release, no other receive
+
+    monkeypatch.setattr(jr.JobTable, "claim", late_first_claim)
+    monkeypatch.setattr(jr.JobRun, "execute", dies)
+    fake = fakes()
+    job_id = jobs.enqueue(fake.sample_prompt(steps=1, seed=16))
+    values = settings(jobs, fake.url, tmp_path, lease_seconds=lease, visibility_slack=slack)
+    first = runners(values)
+    first.thread.join(10)
+    assert attempts == [1] and not first.thread.is_alive()
+    second = runners(values)
+    wait_until(lambda: len(attempts) == 2 or second.lines.events("claim_refused"), 15, "received again")
+    assert not second.lines.events("claim_refused"), second.lines.text()
+    assert attempts == [1, 2] and jobs.item(job_id)[jr.jobs.ATTEMPTS] == 2
+
+
 def test_sigterm_releases_a_long_job_within_the_grace_and_another_runner_finishes_it(
     jr: ModuleType, jobs: Jobs, fakes: Callable[..., FakeComfyUI], runners: Any, processes: Any, tmp_path: Path
 ) -> None:

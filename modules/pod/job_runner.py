@@ -13,11 +13,12 @@ Why it is shaped like this:
 - At-least-once delivery, exactly one result. SQS may deliver a message twice and a pod may
   die at any moment, so nothing here trusts the message: the claim (`claim_update`) decides who
   runs a job, the lease is renewed every third of its length while the job runs (the message
-  is kept invisible just as long, plus a small slack because leases count whole seconds), and
-  `finish_update` records a result only for the runner that still owns the job. A runner that
-  dies stops renewing: its message reappears after the lease has expired and another runner's
-  claim succeeds (the attempt is counted). After `jobs.max_attempts` receives SQS moves the
-  message to the dead-letter queue, whose Lambda fails the job.
+  is hidden again at the claim and at every renewal for as long, plus a small slack because
+  leases count whole seconds), and `finish_update` records a result only for the runner that
+  still owns the job. A runner that dies stops renewing: its message reappears after the lease
+  has expired and another runner's claim succeeds (the attempt is counted). After
+  `jobs.max_attempts` receives SQS moves the message to the dead-letter queue, whose Lambda
+  fails the job.
 - A refused claim says why in the item as it was (ReturnValuesOnConditionCheckFailure, so no
   GetItem): a finished or cancelled job -> the message is deleted; a job a live runner holds
   -> the message is hidden until that runner's lease could have expired (or, when its owner
@@ -180,8 +181,9 @@ class Config:
 
     @property
     def visibility(self) -> int:
-        """How long a message stays hidden per renewal: the lease plus slack, so it reappears
-        only after the lease (whole seconds in DynamoDB) has certainly expired."""
+        """How long a message stays hidden from a receive, a claim or a renewal: the lease plus
+        slack, so it reappears only after the lease (whole seconds in DynamoDB) has certainly
+        expired."""
         return self.lease_seconds + self.visibility_slack
 
 
@@ -1149,6 +1151,11 @@ class Runner:
         if not claim.ok or claim.item is None:
             self.refused(job_id, message, claim.item)
             return
+        # The message has been hidden since its receive, the lease runs from the claim, which may
+        # come seconds later (a retried write, a slow ComfyUI probe). Hidden again from the claim,
+        # the message cannot show while the lease runs: were this runner to die before its first
+        # renewal, the next receive would find a fresh lease and hide the job for a job timeout.
+        self.queue.set_visibility(message, self.config.visibility, job_id=job_id)
         JobRun(self, message, claim.item, inline).execute()
 
     def refused(self, job_id: str, message: Message, item: Item | None) -> None:
