@@ -163,7 +163,9 @@ def _share_data_loader(search_path: str) -> None:
 
     session.create_loader = create_loader
     loader = create_loader(search_path)
-    loader.list_available_services("service-2")
+    # As botocore's session asks: its instance_cache keys a keyword argument apart from the same
+    # value passed by position (a positional warm-up here left every call to list ~400 folders).
+    loader.list_available_services(type_name="service-2")
     for name in _WARM_DATA:
         with contextlib.suppress(not_found):  # not every CLI has every file
             loader.load_data(name)

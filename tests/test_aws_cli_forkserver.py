@@ -12,6 +12,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -185,8 +186,8 @@ def test_the_caller_imports_only_built_in_modules():
 def test_sessions_share_one_loaded_data_loader_per_data_path(monkeypatch, tmp_path):
     """What the server does before serving (with this process's botocore, the v1 CLI's): every
     session with the CLI's data path gets one loader, whose caches already hold the warmed
-    services' models; the models are those a fresh loader reads; another data path gets a
-    loader of its own."""
+    services' models and the list of services; both are those a fresh loader reads; another
+    data path gets a loader of its own."""
     import botocore.loaders
     import botocore.session
 
@@ -198,6 +199,10 @@ def test_sessions_share_one_loaded_data_loader_per_data_path(monkeypatch, tmp_pa
     monkeypatch.setenv("AWS_DATA_PATH", data_path)
     first, second = (botocore.session.Session().get_component("data_loader") for _ in range(2))
     assert first is second
+    with mock.patch.object(botocore.loaders.os, "listdir", wraps=os.listdir) as listdir:
+        services = botocore.session.Session().get_available_services()  # as the CLI's driver asks
+    assert not listdir.called, "the services were listed again"
+    assert services == botocore.loaders.create_loader(data_path).list_available_services("service-2")
     cached = {key[1:] for key in first._cache if key[0] == "load_service_model"}  # botocore's instance_cache
     assert {(service, "service-2") for service in WARM_SERVICES} <= cached
     fresh = botocore.loaders.create_loader(data_path)
