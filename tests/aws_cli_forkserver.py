@@ -103,6 +103,7 @@ def serve(socket_path: str, script: str) -> None:
         sys.exit(f"aws_cli_forkserver: the CLI's imports changed {sorted(changed)}, not just {DATA_PATH}")
     builtin_data = os.environ[DATA_PATH]
     _share_data_loader(builtin_data)
+    _find_distribution()
     # Keep the imported objects out of every fork's garbage collections: a collection in a
     # fork would otherwise visit (and so copy) every page the server's objects live on.
     gc.freeze()
@@ -173,6 +174,19 @@ def _share_data_loader(search_path: str) -> None:
         for type_name in _WARM_MODELS:
             with contextlib.suppress(not_found):
                 loader.load_service_model(service, type_name)
+
+
+def _find_distribution() -> None:
+    """AWS CLI v2 names the Linux distribution in its user agent (`_get_distribution` in
+    awscli/clidriver.py), through the `distro` package, whose module-level instance runs
+    `lsb_release -a` the first time a process asks and keeps the answer: ~20 ms of each call's
+    ~95 ms of CPU, with the child. Asked here once, every call finds the answer that a second
+    question within one CLI process would find. What the forks cannot see is a caller's own
+    PATH leading to another `lsb_release`: the answer is the server's, and only the user agent
+    header carries it. AWS CLI v1 has no such function: nothing to do."""
+    find = getattr(sys.modules.get("awscli.clidriver"), "_get_distribution", None)
+    if find is not None:
+        find()
 
 
 def _handle(conn: _socket.socket, script: str, startup: dict[str, str], builtin_data: str) -> None:

@@ -5,6 +5,10 @@ calling the CLI's own script, for both CLIs the tests use (tests/aws_cli.py)."""
 from __future__ import annotations
 
 import os
+import platform
+import re
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -70,6 +74,32 @@ def test_same_output_and_status_as_the_cli_itself(clis, bucket, tmp_path):
             expected.stderr,
         ), args
     assert run(forked, ["s3", "cp", f"s3://{bucket}/from-stdin.txt", "-"], env).stdout == b"from stdin\n"
+
+
+@pytest.mark.parametrize("clis", ["v2"], indirect=True)  # v1 names no distribution
+def test_the_user_agent_is_the_clis_though_the_distribution_is_found_once(clis, bucket, tmp_path):
+    """AWS CLI v2 runs `lsb_release -a` for its user agent on every start; the server asked once
+    (tests/aws_cli_forkserver.py, `_find_distribution`): a call sends the CLI's own user
+    agent without starting `lsb_release` again."""
+    env, direct, forked = clis
+    real = shutil.which("lsb_release", path=env["PATH"])
+    require(real is not None, "no lsb_release on PATH (Debian's lsb-release package)")
+    started = tmp_path / "lsb_release.log"
+    spy = tmp_path / "spy" / "lsb_release"
+    spy.parent.mkdir()
+    spy.write_text(f'#!/bin/sh\necho started >> {shlex.quote(str(started))}\nexec {shlex.quote(str(real))} "$@"\n')
+    spy.chmod(0o755)
+    env = {**env, "PATH": f"{spy.parent}{os.pathsep}{env['PATH']}"}
+    agents = {}
+    for aws in (direct, forked):
+        result = run(aws, ["--debug", "s3api", "list-objects-v2", "--bucket", bucket], env)
+        assert result.returncode == 0, result.stderr.decode(errors="replace")[-2000:]
+        agents[aws] = set(re.findall(rb"'User-Agent': '([^']+)'", result.stderr))
+        runs = len(started.read_text().split()) if started.exists() else 0
+        assert runs == 1, f"lsb_release started {runs} times after the {aws.parent.name} call"
+    (agent,) = agents[direct]
+    assert re.search(rb" source/" + platform.machine().encode() + rb"\.\w", agent), agent  # ".debian.12"
+    assert agents[forked] == agents[direct]
 
 
 def test_the_callers_data_path_comes_first_as_in_the_cli(clis, tmp_path):
