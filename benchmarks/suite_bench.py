@@ -7,10 +7,15 @@ Each side is a clone of its commit under --workdir, kept between calls, running 
 `scripts/test.sh` (the README's test command: it installs its environments on first use,
 outside the timing, and picks its own workers and options). Before every run a clone loses
 its `__pycache__/` and `.mypy_cache/` directories, as a fresh clone has none (`--warm` keeps
-them). The runs alternate, base first, because the machine's speed drifts within an hour by
-more than a change gains: read each pair's ratio (head / base) and quote their median. The
-figures: pytest's own duration, and the whole process's wall and CPU time (every process of
-the run that was waited for, the test command's installs check included).
+them). The runs alternate because the machine's speed drifts within an hour by more than a
+change gains: read each pair's ratio (head / base) and quote their median. Which side runs
+first alternates too (base first in odd pairs, head first in even ones): a run that follows
+another is not always as fast as the first (a steady drift, what the previous run left to the
+system), and a fixed order gave head a penalty of its own in every pair (2026-12-01: 1.04,
+three pairs, then 0.97 and 1.10 with the order reversed). The figures: pytest's own duration,
+and the whole process's wall and CPU time (every process of the run that was waited for, the
+test command's installs check included; not the AWS CLI fork server's calls, which the kernel
+reaps).
 """
 
 from __future__ import annotations
@@ -99,19 +104,20 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     directories = {side: clone(sha, args.workdir) for side, sha in sides.items()}
     pytest_args = ["-q", "-p", "no:cacheprovider", *args.pytest_args]
-    print(f"base {sides['base'][:12]}, head {sides['head'][:12]}; {args.pairs} pairs, base first", flush=True)
-    print("pair  pytest s base / head   wall s base / head   cpu s base / head   head/base wall  cpu", flush=True)
+    print(f"base {sides['base'][:12]}, head {sides['head'][:12]}; {args.pairs} pairs", flush=True)
+    print("pair first  pytest s base / head   wall s base / head   cpu s base / head   head/base wall  cpu", flush=True)
     ratios: list[tuple[float, float]] = []
     runs: dict[str, list[Run]] = {"base": [], "head": []}
     for pair in range(1, args.pairs + 1):
-        for side in ("base", "head"):
+        order = ("base", "head") if pair % 2 else ("head", "base")
+        for side in order:
             if not args.warm:
                 forget_caches(directories[side])
             runs[side].append(measure(directories[side], pytest_args))
         b, h = runs["base"][-1], runs["head"][-1]
         ratios.append((h.wall_s / b.wall_s, h.cpu_s / b.cpu_s))
         print(
-            f"{pair:4d}  {b.pytest_s:8.1f} / {h.pytest_s:5.1f}   {b.wall_s:8.1f} / {h.wall_s:5.1f}"
+            f"{pair:4d} {order[0]:>5}  {b.pytest_s:8.1f} / {h.pytest_s:5.1f}   {b.wall_s:8.1f} / {h.wall_s:5.1f}"
             f"   {b.cpu_s:7.1f} / {h.cpu_s:5.1f}   {ratios[-1][0]:14.3f}  {ratios[-1][1]:.3f}",
             flush=True,
         )
