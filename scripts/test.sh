@@ -22,9 +22,11 @@ export CHECKOV_BIN="$PWD/.venv-checkov/bin/checkov"
 # worker beyond the cores keeps them busy meanwhile. On 2 cores, 3 workers against 2, paired,
 # 3 runs: 0.92 of the wall time for 1.06 of the CPU; with a busy loop beside them, 0.915 for
 # 1.08. --dist loadfile against xdist's default (--dist load): 0.94 (docs/benchmarks.md).
+# --no-loadscope-reorder: files go out in tests/conftest.py's order (the job runner's, the
+# longest and mostly waiting, first; then xdist's own, most tests first), not xdist's alone.
 # pipenv sets PYTHONDONTWRITEBYTECODE=1 for everything it runs (pipenv/environments.py, "avoid
 # resolver.py uses the wrong byte code files"): every worker and every Python program a test
 # starts would compile the project's modules and the tests from source again. Python's own
 # default writes them to __pycache__/ (ignored by git, left out of the Lambda packages):
 # paired on fresh clones, 3 runs, 0.92 of the wall time (docs/benchmarks.md).
-exec "$PIPENV" run env -u PYTHONDONTWRITEBYTECODE pytest -n "${PYTEST_WORKERS:-$(($(nproc) + 1))}" --dist loadfile "$@"
+exec "$PIPENV" run env -u PYTHONDONTWRITEBYTECODE pytest -n "${PYTEST_WORKERS:-$(($(nproc) + 1))}" --dist loadfile --no-loadscope-reorder "$@"
