@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import gc
 import importlib.util
 import json
@@ -230,12 +231,13 @@ FIRST_FILES = ("tests/test_job_runner.py",)
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     """FIRST_FILES first, then files by their number of tests, most first (xdist's own order)."""
-    counts: dict[str, int] = {}
-    for item in items:
-        counts[item.nodeid.split("::")[0]] = counts.get(item.nodeid.split("::")[0], 0) + 1
+
+    def path(item: pytest.Item) -> str:
+        return item.nodeid.split("::", 1)[0]  # the file: xdist's scope under --dist loadfile
+
+    counts = collections.Counter(map(path, items))
 
     def rank(item: pytest.Item) -> tuple[bool, int]:
-        path = item.nodeid.split("::")[0]
-        return path not in FIRST_FILES, -counts[path]
+        return path(item) not in FIRST_FILES, -counts[path(item)]
 
     items.sort(key=rank)  # stable: each file's tests, and files of equal counts, keep their order

@@ -868,9 +868,9 @@ def test_a_late_claim_keeps_its_message_hidden_until_the_lease_has_expired(
 ) -> None:
     """A message is hidden from its receive on, a lease runs from its claim: a claim that comes
     late (a retried conditional write, a slow ComfyUI probe) must not let the message show
-    while the lease still runs, or a runner dying right after the claim costs the job a receive
-    (the next claim is refused and the message hidden again; after max receives the job is
-    dead-lettered). Here the first claim comes 2 s after its receive, the slack is 1 s, and its
+    while the lease still runs: were the runner to die right after the claim, the next claim
+    would be refused as a duplicate delivery and the message hidden for job timeout + lease, at
+    the cost of a receive. Here the first claim comes 2 s after its receive, the slack is 1 s, and its
     runner dies right after claiming (no renewal, no release): the next runner's receive must
     claim the job."""
     lease, slack, late = 1, 1, 2.0
